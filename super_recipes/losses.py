@@ -1,0 +1,48 @@
+"""Losses (``training_hyperparams.loss`` + ``criterion_params``) and the one rule for reading a loss's output.
+
+A loss returns either a scalar ``loss`` or ``(loss, loss_items)`` where ``loss_items`` is a 1-D tensor of
+detached components to log. The names of the items come from ``loss_logging_items_names`` in the recipe, else
+from the loss's ``component_names`` attribute, else ``<LossName>/<i>``. Any ``torch.nn`` loss is usable by name
+(``CrossEntropyLoss`` with ``label_smoothing``, ``MSELoss``, ...); register your own with ``@register_loss``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from super_recipes.registry import LOSSES, build
+
+
+def build_loss(spec: Any, criterion_params: dict[str, Any] | None = None) -> torch.nn.Module:
+    """Build ``training_hyperparams.loss`` with ``criterion_params`` as its keyword arguments."""
+    if isinstance(spec, str) and criterion_params:
+        spec = {spec: dict(criterion_params)}
+    return build(LOSSES, spec, "training_hyperparams.loss")
+
+
+def loss_item_names(loss_fn: Any, configured: list[str] | None, num_items: int) -> list[str]:
+    """Names for the logged items of ``loss_fn`` (see the module docstring for the rule)."""
+    name = type(loss_fn).__name__
+    if num_items == 1 and not configured:
+        return [name]
+    names = list(configured or getattr(loss_fn, "component_names", None) or [])
+    if len(names) != num_items:
+        if configured:
+            from super_recipes.errors import RecipeError
+
+            raise RecipeError(
+                f"training_hyperparams.loss_logging_items_names has {len(names)} names but the loss {name} "
+                f"returns {num_items} items."
+            )
+        names = [f"{name}/{i}" for i in range(num_items)]
+    return names
+
+
+def split_loss_output(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, items)`` from a loss's output; a scalar loss logs itself as its only item."""
+    if isinstance(output, tuple):
+        loss, items = output
+        return loss, items.detach().reshape(-1)
+    return output, output.detach().reshape(1)

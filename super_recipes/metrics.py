@@ -1,0 +1,92 @@
+"""Metrics (``train_metrics_list`` / ``valid_metrics_list``): torchmetrics objects, by registered name.
+
+Any ``torchmetrics`` class is usable by name with its arguments (``{MulticlassF1Score: {num_classes: 10}}``).
+``Accuracy`` and ``Top5`` are registered as top-k accuracies over logits that need no ``num_classes``: the
+torchmetrics classification metrics require the class count up front, which a recipe should not have to repeat.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchmetrics
+
+from super_recipes.registry import METRICS, register_metric, split_spec
+
+
+class TopKAccuracy(torchmetrics.Metric):
+    """Fraction of samples whose target is among the ``k`` highest-scoring classes."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, k: int = 1, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.k = k
+        self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        if target.ndim == preds.ndim:  # one-hot or soft targets (mixup, label smoothing done in data)
+            target = target.argmax(dim=1)
+        topk = preds.topk(min(self.k, preds.shape[1]), dim=1).indices
+        self.correct += (topk == target.unsqueeze(1)).any(dim=1).sum()
+        self.total += target.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.correct.float() / self.total.clamp(min=1)
+
+
+@register_metric("Accuracy")
+class Accuracy(TopKAccuracy):
+    """Top-1 accuracy over logits ``[B, C]`` and integer targets ``[B]``."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(k=1, **kwargs)
+
+
+@register_metric("Top5")
+class Top5(TopKAccuracy):
+    """Top-5 accuracy over logits ``[B, C]`` and integer targets ``[B]``."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(k=5, **kwargs)
+
+
+def build_metrics(specs: Any, where: str) -> dict[str, torchmetrics.Metric]:
+    """``{name: metric}`` for a metrics list; the name is the registered name (``Accuracy``, ``Top5``...).
+
+    A metric whose ``compute()`` returns a dict (several values) logs each under its own key.
+    """
+    from super_recipes.registry import _to_plain, call_with_kwargs
+
+    specs = _to_plain(specs) or []
+    if not isinstance(specs, list):
+        specs = [specs]
+    metrics: dict[str, torchmetrics.Metric] = {}
+    for i, spec in enumerate(specs):
+        factory, kwargs = split_spec(spec, METRICS, f"{where}[{i}]")
+        if isinstance(spec, str):
+            name = spec
+        elif "_target_" in spec:
+            name = factory.__name__
+        else:
+            name = next(iter(spec))
+        metric = call_with_kwargs(factory, kwargs, f"metric {name}", f"{where}[{i}]")
+        unique = name if name not in metrics else f"{name}_{i}"
+        metrics[unique] = metric
+    return metrics
+
+
+def compute_metrics(metrics: dict[str, torchmetrics.Metric], prefix: str) -> dict[str, float]:
+    """Compute (synchronised across processes by torchmetrics) and reset; ``{prefix/name: value}``."""
+    out: dict[str, float] = {}
+    for name, metric in metrics.items():
+        value = metric.compute()
+        if isinstance(value, dict):
+            out.update({f"{prefix}/{k}": float(v) for k, v in value.items()})
+        else:
+            out[f"{prefix}/{name}"] = float(value)
+        metric.reset()
+    return out

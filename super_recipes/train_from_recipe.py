@@ -1,0 +1,214 @@
+"""Command line: ``python -m super_recipes.train_from_recipe --config-name=NAME [overrides...]``.
+
+With no ``--config-name`` it runs the built-in offline recipe ``shapes_resnet``. Overrides use Hydra's grammar
+(``training_hyperparams.max_epochs=3``, ``dataset_params=cifar10_dataset_params``) plus the shortcuts in
+:data:`super_recipes.recipe.SHORTCUTS` (``epochs=``, ``lr=``, ``batch_size=``...). Hydra's ``--cfg job``,
+``--info`` and ``--config-dir DIR`` work as usual. Outputs go to ``<ckpt_root_dir>/<experiment_name>/`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from super_recipes.errors import RecipeError, did_you_mean
+from super_recipes.paths import recipes_dir
+from super_recipes.recipe import (
+    DEFAULT_RECIPE,
+    RecipeSource,
+    check_recipe_exists,
+    check_top_level,
+    expand_shortcuts,
+    import_user_modules,
+)
+
+RECIPE_FILE_NAME = "recipe.yaml"
+
+# Keep Hydra from creating outputs/DATE/TIME folders, .hydra copies and its own log files: every output of a run
+# belongs in <ckpt_root_dir>/<experiment_name>/.
+HYDRA_QUIET_OVERRIDES = {
+    "hydra.run.dir": "hydra.run.dir=.",
+    "hydra.output_subdir": "hydra.output_subdir=null",
+    "hydra/job_logging": "hydra/job_logging=none",
+    "hydra/hydra_logging": "hydra/hydra_logging=none",
+}
+
+
+def prepare_argv(argv: Sequence[str]) -> list[str]:
+    """Expand shortcuts, default the recipe name, silence Hydra's own outputs, and pre-check what we can."""
+    argv = expand_shortcuts(argv)
+    config_name, config_dirs = _option(argv, "--config-name", "-cn"), _option(argv, "--config-dir", "-cd")
+    if config_name is None:
+        argv = [f"--config-name={DEFAULT_RECIPE}", *argv]
+        config_name = DEFAULT_RECIPE
+    check_recipe_exists(config_name, [Path(config_dirs).resolve()] if config_dirs else [])
+    _check_training_overrides(argv)
+    present = {arg.split("=", 1)[0].lstrip("+~") for arg in argv}
+    return [*argv, *(o for key, o in HYDRA_QUIET_OVERRIDES.items() if key not in present)]
+
+
+def _option(argv: Sequence[str], long: str, short: str) -> str | None:
+    for i, arg in enumerate(argv):
+        for flag in (long, short):
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+    return None
+
+
+def _check_training_overrides(argv: Sequence[str]) -> None:
+    # Hydra refuses an override of a missing key but names no alternative; we know the schema, so we do.
+    from super_recipes.training_params import training_param_names
+
+    valid = training_param_names()
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key.startswith("training_hyperparams.") and "=" in arg:
+            name = key.split(".")[1]
+            if name not in valid:
+                raise RecipeError(f"Unknown key training_hyperparams.{name} (command-line override '{arg}'). "
+                                  f"{did_you_mean(name, valid)}".rstrip())
+
+
+def run_recipe(cfg: Any, source: RecipeSource | None = None) -> dict[str, float]:
+    """Validate a composed recipe, build everything it names, and train. Returns the last epoch's record."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from super_recipes import dataloaders, models
+    from super_recipes.reproducibility import seed_everything
+    from super_recipes.trainer import Trainer
+    from super_recipes.training_params import parse_training_params
+
+    import_user_modules(cfg, source)
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise RecipeError(f"Cannot resolve the recipe: {str(err).splitlines()[0]}") from None
+    check_top_level(cfg, source)
+    params = parse_training_params(
+        cfg.training_hyperparams,
+        origin=(lambda key: source.origin(f"training_hyperparams.{key}")) if source else None,
+    )
+    check_names(cfg, params)
+    check_devices(cfg)
+
+    seed_everything(params.seed, params.deterministic)  # before the model is built: its init is seeded
+    model = models.get(cfg.architecture, arch_params=cfg.get("arch_params") or {})
+    _load_initial_weights(model, cfg.get("checkpoint_params") or {})
+    data = cfg.get("dataset_params") or {}
+    train_loader = dataloaders.get(
+        cfg.train_dataloader, dataset_params=data.get("train_dataset_params"),
+        dataloader_params=data.get("train_dataloader_params"), where="dataset_params.train_dataset_params",
+    )
+    valid_loader = None
+    if cfg.get("val_dataloader"):
+        valid_loader = dataloaders.get(
+            cfg.val_dataloader, dataset_params=data.get("val_dataset_params"),
+            dataloader_params=data.get("val_dataloader_params"), where="dataset_params.val_dataset_params",
+        )
+    trainer = Trainer(cfg.get("experiment_name") or cfg.architecture, cfg.get("ckpt_root_dir"),
+                      device=cfg.get("device"), recipe=cfg)
+    trainer.experiment_dir.mkdir(parents=True, exist_ok=True)
+    (trainer.experiment_dir / RECIPE_FILE_NAME).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return trainer.train(model=model, training_params=params, train_loader=train_loader,
+                         valid_loader=valid_loader)
+
+
+def check_names(cfg: Any, params: Any) -> None:
+    """Look up every registry name the recipe uses, so a typo fails before anything heavy is built."""
+    from super_recipes.registry import (
+        CALLBACKS,
+        DATALOADERS,
+        LOSSES,
+        LR_SCHEDULES,
+        METRICS,
+        MODELS,
+        OPTIMIZERS,
+        split_spec,
+    )
+
+    MODELS.get(cfg.architecture, "architecture")
+    DATALOADERS.get(cfg.train_dataloader, "train_dataloader")
+    if cfg.get("val_dataloader"):
+        DATALOADERS.get(cfg.val_dataloader, "val_dataloader")
+    split_spec(params.loss, LOSSES, "training_hyperparams.loss")
+    if not (isinstance(params.optimizer, str) and "." in params.optimizer):
+        split_spec(params.optimizer, OPTIMIZERS, "training_hyperparams.optimizer")
+    if isinstance(params.lr_mode, str):
+        LR_SCHEDULES.get(params.lr_mode, "training_hyperparams.lr_mode")
+    for key, registry in (("train_metrics_list", METRICS), ("valid_metrics_list", METRICS),
+                          ("phase_callbacks", CALLBACKS)):
+        specs = getattr(params, key) or []
+        for i, spec in enumerate(specs if isinstance(specs, list) else [specs]):
+            split_spec(spec, registry, f"training_hyperparams.{key}[{i}]")
+
+
+def check_devices(cfg: Any) -> None:
+    """``device``, ``num_gpus``, ``multi_gpu``: refuse combinations this process cannot run."""
+    from super_recipes.trainer import resolve_device
+
+    resolve_device(cfg.get("device"))
+    multi_gpu, num_gpus = str(cfg.get("multi_gpu", "Off")), cfg.get("num_gpus", 1)
+    if multi_gpu == "Off" and num_gpus > 1:
+        raise RecipeError(f"num_gpus={num_gpus} with multi_gpu=Off: set multi_gpu=DDP to train on several devices.")
+    if multi_gpu == "DDP" or num_gpus > 1:
+        raise RecipeError("Distributed training (multi_gpu=DDP) is not available in this version yet; "
+                          "run with multi_gpu=Off num_gpus=1.")
+
+
+def _load_initial_weights(model: Any, checkpoint_params: Any) -> None:
+    path = checkpoint_params.get("checkpoint_path")
+    if not path:
+        return
+    from super_recipes.checkpoints import load_checkpoint
+
+    state = load_checkpoint(path)
+    weights = state.get("ema_net") if checkpoint_params.get("load_ema_as_net") and "ema_net" in state else None
+    weights = weights or state.get("net", state)
+    model.load_state_dict(weights, strict=bool(checkpoint_params.get("strict_load", True)))
+
+
+def _hydra_task(cfg: Any) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    hydra_cfg = HydraConfig.get()
+    search_dirs = [Path(s.path) for s in hydra_cfg.runtime.config_sources if s.provider in ("main", "command-line")
+                   and s.schema == "file"]
+    source = RecipeSource(hydra_cfg.job.config_name, search_dirs or [recipes_dir()],
+                          dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task))
+    OmegaConf.set_struct(cfg, False)
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    try:
+        run_recipe(cfg, source)
+    except RecipeError as err:
+        _exit_with(err)
+
+
+def _exit_with(err: RecipeError) -> None:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("SUPER_RECIPES_DEBUG") == "1":
+        raise err
+    print(f"Error: {err}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m super_recipes.train_from_recipe`` and ``super-recipes-train``."""
+    import hydra
+
+    try:
+        args = prepare_argv(sys.argv[1:] if argv is None else argv)
+    except RecipeError as err:
+        _exit_with(err)
+    sys.argv = [sys.argv[0], *args]
+    hydra.main(config_path=str(recipes_dir()), config_name=None, version_base=None)(_hydra_task)()
+
+
+if __name__ == "__main__":
+    main()
