@@ -80,7 +80,7 @@ class Trainer:
         """Train ``model``; returns the last epoch's record (``{"valid/Accuracy": ..., ...}``)."""
         params = parse_training_params(training_params)
         self.experiment_dir.mkdir(parents=True, exist_ok=True)
-        configure_console_logging()
+        configure_console_logging(silent=params.silent_mode)
         log_handler = attach_log_file(self.experiment_dir)
         try:
             return self._train(model, params, train_loader, valid_loader, list(callbacks))
@@ -124,7 +124,7 @@ class Trainer:
         for epoch in range(params.max_epochs):
             ctx.epoch = epoch
             started = time.perf_counter()
-            record = {"epoch": epoch, **current_lrs(optimizer)}
+            record = {"epoch": epoch}
             record.update(self._train_epoch(ctx, callbacks, net, loss_fn, train_metrics, train_loader, params))
             validate = valid_loader is not None and (
                 (epoch + 1) % params.run_validation_freq == 0 or epoch + 1 == params.max_epochs)
@@ -155,6 +155,7 @@ class Trainer:
         max_batches = self.train_batches_per_epoch
         items: list[torch.Tensor] = []
         callbacks.on_train_loader_start(ctx)
+        epoch_lrs = current_lrs(optimizer)  # the rates of the epoch's first step, once the schedule set them
         for batch_idx, (inputs, targets) in enumerate(loader):
             if batch_idx >= max_batches:
                 break
@@ -180,7 +181,7 @@ class Trainer:
                 metric.update(preds.detach(), targets)
             items.append(loss_items)
             callbacks.on_train_batch_end(ctx)
-        results = _mean_items(items, ctx.loss_names, "train")
+        results = {**epoch_lrs, **_mean_items(items, ctx.loss_names, "train")}
         results.update(compute_metrics(metrics, "train"))
         ctx.metrics = results
         callbacks.on_train_loader_end(ctx)
@@ -255,8 +256,6 @@ class Trainer:
         return build_list(CALLBACKS, params.phase_callbacks, "training_hyperparams.phase_callbacks")
 
     def _log_start(self, params: TrainingParams, net: torch.nn.Module) -> None:
-        if params.silent_mode:
-            logger.setLevel(logging.WARNING)
         num_params = sum(p.numel() for p in net.parameters())
         logger.info(
             f"Training {type(net).__name__} ({num_params / 1e6:.2f}M parameters) on {self.device} for "

@@ -37,13 +37,18 @@ def attach_log_file(experiment_dir: Path) -> logging.Handler:
     return handler
 
 
-def configure_console_logging() -> None:
-    """Print the ``super_recipes`` logger's messages to stderr (once per process)."""
-    if not any(getattr(h, "_super_recipes_console", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._super_recipes_console = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+def configure_console_logging(silent: bool = False) -> None:
+    """Print the ``super_recipes`` logger's messages to stderr; ``silent`` keeps only warnings and errors.
+
+    The log file handler is separate, so a silent run still writes its ``train.log``.
+    """
+    console = next((h for h in logger.handlers if getattr(h, "_super_recipes_console", False)), None)
+    if console is None:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        console._super_recipes_console = True  # type: ignore[attr-defined]
+        logger.addHandler(console)
+    console.setLevel(logging.WARNING if silent else logging.INFO)
     logger.setLevel(logging.INFO)
     logger.propagate = False
 
@@ -131,7 +136,7 @@ class TensorBoardLogger(Callback):
         for group in context.optimizer.param_groups:
             self._pending.append((group.get("name", ""), group["lr"], step))
         if step % self.log_every_n_steps == 0:
-            self._pending.append(("__loss__", context.loss, step))
+            self._pending.append(("__loss__", context.loss.detach(), step))
 
     def on_epoch_end(self, context: PhaseContext) -> None:
         multi_group = len(context.optimizer.param_groups) > 1

@@ -210,7 +210,9 @@ TORCHVISION_ARCH_PARAMS: dict[str, tuple[str, ...]] = {
     "mobilenet_v3": ("width_mult", "reduced_tail", "dilated", "block", "norm_layer", "dropout"),
     "efficientnet": ("dropout", "stochastic_depth_prob", "norm_layer"),
     "regnet": ("stem_width", "stem_type", "block_type", "norm_layer", "activation"),
-    "vit": ("image_size", "dropout", "attention_dropout", "representation_size", "norm_layer", "conv_stem_configs"),
+    "vit": (
+        "image_size", "dropout", "attention_dropout", "representation_size", "norm_layer", "conv_stem_configs"
+    ),
 }
 
 TORCHVISION_MODELS: dict[str, str] = {

@@ -1,0 +1,114 @@
+"""The shipped recipe tree: composition with Hydra, shortcuts, key origins, and one real step of every recipe."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+from omegaconf import OmegaConf
+
+from super_recipes.errors import RecipeError
+from super_recipes.paths import recipes_dir
+from super_recipes.recipe import available_recipes, compose_recipe, expand_shortcuts
+from super_recipes.train_from_recipe import run_recipe
+from super_recipes.training_params import TrainingParams
+
+SHIPPED = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def test_shipped_recipes_are_found():
+    assert {"shapes_resnet", "cifar10_resnet"} <= set(SHIPPED)
+    assert set(SHIPPED) <= set(available_recipes())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_recipe_composes_with_all_groups(name):
+    cfg, source = compose_recipe(name)
+    for group in ("training_hyperparams", "dataset_params", "arch_params", "checkpoint_params"):
+        assert group in cfg and group in source.choices
+    assert cfg.architecture and cfg.train_dataloader and cfg.experiment_name
+    TrainingParams(**OmegaConf.to_container(cfg.training_hyperparams))  # every key is known
+
+
+def test_default_train_params_lists_every_key_with_its_default():
+    listed = OmegaConf.to_container(OmegaConf.load(recipes_dir() / "training_hyperparams" /
+                                                   "default_train_params.yaml"))
+    defaults = TrainingParams().to_dict()
+    assert list(listed) == [f.name for f in fields(TrainingParams)]
+    assert listed == defaults
+
+
+def test_shortcuts_and_hydra_overrides():
+    assert expand_shortcuts(["epochs=3", "num_workers=0", "x=1"]) == [
+        "training_hyperparams.max_epochs=3", "dataset_params.train_dataloader_params.num_workers=0",
+        "dataset_params.val_dataloader_params.num_workers=0", "x=1"]
+    cfg, _ = compose_recipe("cifar10_resnet", ["epochs=7", "lr=0.3", "batch_size=32", "val_batch_size=64",
+                                               "architecture=resnet34_cifar", "experiment_name=foo",
+                                               "dataset_params=shapes_dataset_params"])
+    assert cfg.training_hyperparams.max_epochs == 7 and cfg.training_hyperparams.initial_lr == 0.3
+    assert cfg.dataset_params.train_dataloader_params.batch_size == 32
+    assert cfg.dataset_params.val_dataloader_params.batch_size == 64
+    assert cfg.architecture == "resnet34_cifar" and cfg.experiment_name == "foo"
+
+
+def test_cifar10_recipe_carries_the_published_setup():
+    cfg, _ = compose_recipe("cifar10_resnet")
+    hp = cfg.training_hyperparams
+    assert (hp.max_epochs, hp.initial_lr, hp.optimizer, hp.lr_mode, list(hp.lr_updates), hp.lr_decay_factor) == (
+        250, 0.1, "SGD", "step", [100, 150, 200], 0.1)
+    assert dict(hp.optimizer_params) == {"momentum": 0.9, "weight_decay": 1e-4}
+    assert cfg.dataset_params.train_dataloader_params.batch_size == 256
+    assert cfg.architecture == "resnet18_cifar"
+    assert "94.9" in (recipes_dir() / "cifar10_resnet.yaml").read_text()
+
+
+def test_origin_names_the_file_or_override():
+    cfg, source = compose_recipe("cifar10_resnet", ["epochs=3"])
+    assert "command-line override" in source.origin("training_hyperparams.max_epochs")
+    assert source.origin("training_hyperparams.lr_updates").endswith(
+        "training_hyperparams/cifar10_resnet_train_params.yaml")
+    assert source.origin("training_hyperparams.seed").endswith("training_hyperparams/default_train_params.yaml")
+    assert source.origin("architecture").endswith("cifar10_resnet.yaml")
+
+
+def test_user_config_dir_uses_shipped_groups(tmp_path):
+    (tmp_path / "my_recipe.yaml").write_text(
+        "defaults:\n  - training_hyperparams: default_train_params\n  - dataset_params: shapes_dataset_params\n"
+        "  - arch_params: default_arch_params\n  - checkpoint_params: default_checkpoint_params\n  - _self_\n"
+        "architecture: resnet_tiny_cifar\narch_params: {num_classes: 6}\ntrain_dataloader: shapes_train\n"
+        "experiment_name: mine\ntraining_hyperparams:\n  max_epoch: 3\n")
+    cfg, source = compose_recipe("my_recipe", config_dir=tmp_path)
+    assert cfg.experiment_name == "mine"
+    with pytest.raises(RecipeError) as info:
+        run_recipe(cfg, source)
+    message = str(info.value)
+    assert "training_hyperparams.max_epoch" in message and "my_recipe.yaml" in message
+    assert "Did you mean: max_epochs" in message
+
+
+def test_unknown_group_option_lists_options():
+    with pytest.raises(RecipeError, match=r"(?s)dataset_params.*cifar10_dataset_params"):
+        compose_recipe("shapes_resnet", ["dataset_params=cifar10_datset_params"])
+
+
+def _one_step(name: str, tmp_path, extra: list[str] = ()) -> dict:
+    cfg, source = compose_recipe(name, [
+        "epochs=1", "training_hyperparams.max_train_batches=1", "training_hyperparams.max_valid_batches=1",
+        "batch_size=4", "val_batch_size=4", "num_workers=0", f"ckpt_root_dir={tmp_path / 'ckpt'}",
+        "training_hyperparams.silent_mode=true", "device=cpu", *extra])
+    return run_recipe(cfg, source)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_recipe_runs_one_step(name, tmp_path):
+    from tests.conftest import write_cifar10
+
+    extra = []
+    if "cifar10" in name:
+        root = write_cifar10(tmp_path / "cifar10")
+        extra = [f"dataset_params.train_dataset_params.root={root}", f"dataset_params.val_dataset_params.root={root}"]
+    record = _one_step(name, tmp_path, extra)
+    cfg, _ = compose_recipe(name)
+    folder = tmp_path / "ckpt" / cfg.experiment_name
+    assert (folder / "recipe.yaml").is_file() and (folder / "ckpt_latest.pth").is_file()
+    assert record["epoch"] == 0 and "valid/Accuracy" in record

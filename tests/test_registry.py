@@ -1,0 +1,77 @@
+"""The registry: registration, name conflicts, the four spec forms, and errors with the closest names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from super_recipes.errors import RecipeError, closest_names
+from super_recipes.registry import (
+    LOSSES,
+    METRICS,
+    OPTIMIZERS,
+    REGISTRIES,
+    Registry,
+    build,
+    build_list,
+)
+
+
+def test_register_and_build_all_spec_forms():
+    registry = Registry("widget")
+
+    @registry.register
+    class Knob:
+        def __init__(self, size: int = 1):
+            self.size = size
+
+    @registry.register("big_knob")
+    def make_big(size: int = 10):
+        return Knob(size)
+
+    assert build(registry, "Knob").size == 1
+    assert build(registry, {"Knob": {"size": 3}}).size == 3
+    assert build(registry, {"big_knob": None}).size == 10
+    assert [k.size for k in build_list(registry, ["Knob", {"big_knob": {"size": 5}}])] == [1, 5]
+    target = build(registry, {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 3})
+    assert isinstance(target, torch.nn.Linear) and target.out_features == 3
+
+
+def test_taken_name_with_a_different_object_names_both():
+    registry = Registry("widget")
+    registry.register("thing")(int)
+    registry.register("thing")(int)  # same object again: fine (module imported twice)
+    with pytest.raises(RecipeError, match=r"'thing'.*builtins\.float.*builtins\.int"):
+        registry.register("thing")(float)
+
+
+def test_unknown_name_lists_closest():
+    with pytest.raises(RecipeError) as info:
+        LOSSES.get("CrossEntropyLos", "training_hyperparams.loss")
+    message = str(info.value)
+    assert "Unknown loss 'CrossEntropyLos'" in message and "training_hyperparams.loss" in message
+    assert "CrossEntropyLoss" in message.splitlines()[1]
+
+
+def test_bad_kwargs_name_the_argument():
+    with pytest.raises(RecipeError, match=r"unexpected argument.*'smoothing'.*label_smoothing"):
+        build(LOSSES, {"CrossEntropyLoss": {"smoothing": 0.1}})
+
+
+def test_library_fallbacks():
+    assert LOSSES.get("MSELoss") is torch.nn.MSELoss
+    assert OPTIMIZERS.get("AdamW") is torch.optim.AdamW
+    assert "Accuracy" in METRICS and "Top5" in METRICS and "MeanSquaredError" in METRICS
+
+
+def test_every_named_registry_exists():
+    expected = {"models", "losses", "metrics", "callbacks", "datasets", "dataloaders", "transforms",
+                "optimizers", "lr_schedules", "collate_functions"}
+    assert expected <= set(REGISTRIES)
+    for registry in REGISTRIES.values():
+        registry.names()  # builtin modules import cleanly
+
+
+def test_closest_names_prefers_prefixes_and_typos():
+    assert closest_names("resnet", ["resnet18", "vit_b_16", "resnet34"])[:2] == ["resnet18", "resnet34"]
+    assert closest_names("max_epoch", ["max_epochs", "seed"]) == ["max_epochs"]
