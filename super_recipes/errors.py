@@ -21,7 +21,7 @@ def closest_names(name: str, candidates: Iterable[str], n: int = 5) -> list[str]
     matches = difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.5)
     # A prefix or substring match (``resnet`` -> ``resnet18``) is often what the user meant even when the
     # similarity ratio is low, so add those after the fuzzy matches.
-    for lower, original in by_lower.items():
+    for lower in by_lower:
         if len(matches) >= n:
             break
         if name.lower() and (name.lower() in lower or lower in name.lower()) and lower not in matches:

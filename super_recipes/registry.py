@@ -219,7 +219,7 @@ def call_with_kwargs(factory: Callable, kwargs: dict[str, Any], what: str, where
     """Call ``factory(**kwargs)``, turning an unknown or missing argument into a RecipeError naming it."""
     problem = _argument_problem(factory, kwargs)
     if problem:
-        raise RecipeError(f"Bad arguments for {what} {_at(where)}: {problem}")
+        raise RecipeError(f"Bad arguments for {what}{f' at {where}' if where else ''}: {problem}")
     return factory(**kwargs)
 
 

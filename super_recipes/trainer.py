@@ -306,7 +306,7 @@ def _mean_items(items: list[torch.Tensor], names: list[str], prefix: str) -> dic
     if not items:
         return {}
     means = torch.stack(items).float().mean(dim=0).tolist()
-    return {f"{prefix}/{name}": value for name, value in zip(names, means)}
+    return {f"{prefix}/{name}": value for name, value in zip(names, means, strict=True)}
 
 
 def _expected_loss_names(params: TrainingParams, loss_fn: Any) -> list[str] | None:

@@ -36,9 +36,9 @@ def _star(points: int = 5, inner: float = 0.45) -> np.ndarray:
 
 def _cross(half_width: float = 0.34) -> np.ndarray:
     w = half_width
-    return np.array(
-        [[-w, -1], [w, -1], [w, -w], [1, -w], [1, w], [w, w], [w, 1], [-w, 1], [-w, w], [-1, w], [-1, -w], [-w, -w]]
-    )
+    quarter = np.array([[-w, -1], [w, -1], [w, -w]])
+    turn = np.array([[0, -1], [1, 0]])  # 90 degrees
+    return np.concatenate([quarter @ np.linalg.matrix_power(turn, k).T for k in range(4)])
 
 
 # Unit outlines (radius 1 around the origin); the order defines the label of each class.
@@ -77,9 +77,10 @@ class ShapesClassificationDataset(torch.utils.data.Dataset):
         transforms: Any = None,
     ):
         if split not in SPLITS:
-            raise RecipeError(f"Unknown shapes split '{split}'. {did_you_mean(split, SPLITS)} Valid: {list(SPLITS)}")
+            hint = did_you_mean(split, SPLITS)
+            raise RecipeError(f"Unknown shapes split '{split}'. {hint} Valid splits: {', '.join(SPLITS)}")
         if num_samples < 0 or image_size < 8:
-            raise RecipeError(f"Shapes needs num_samples >= 0 and image_size >= 8, got {num_samples}, {image_size}.")
+            raise RecipeError(f"Shapes needs num_samples >= 0 and image_size >= 8, got {num_samples}/{image_size}")
         self.split = split
         self.num_samples = int(num_samples)
         self.image_size = int(image_size)
