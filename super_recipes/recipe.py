@@ -41,13 +41,21 @@ GROUPS = ("training_hyperparams", "dataset_params", "arch_params", "checkpoint_p
 MULTI_GPU_MODES = ("Off", "DDP", "AUTO")
 
 
+# Top-level keys a user may set on any recipe, whether or not its file lists them (Hydra's `++key=value`).
+TOP_LEVEL_SETTABLE = ("architecture", "experiment_name", "ckpt_root_dir", "train_dataloader", "val_dataloader",
+                      "num_gpus", "multi_gpu", "device", "imports")
+
+
 def expand_shortcuts(overrides: Sequence[str]) -> list[str]:
-    """``epochs=5`` -> ``training_hyperparams.max_epochs=5`` (and the other :data:`SHORTCUTS`)."""
+    """``epochs=5`` -> ``training_hyperparams.max_epochs=5`` (and the other :data:`SHORTCUTS`);
+    ``device=cpu`` -> ``++device=cpu`` so standard top-level keys can be set on recipes that omit them."""
     expanded: list[str] = []
     for override in overrides:
         key, sep, value = override.partition("=")
         if sep and key in SHORTCUTS:
             expanded += [f"{target}={value}" for target in SHORTCUTS[key]]
+        elif sep and key in TOP_LEVEL_SETTABLE:
+            expanded.append(f"++{override}")
         else:
             expanded.append(override)
     return expanded
@@ -208,9 +216,12 @@ def check_top_level(cfg: Any, source: RecipeSource | None = None) -> None:
             where = source.origin(str(key)) if source else ""
             raise RecipeError(f"Unknown top-level key '{key}'{f' (from {where})' if where else ''}. "
                               f"Did you mean: {close[0]}?")
-    for key in ("architecture", "train_dataloader"):
-        if not cfg.get(key):
-            raise RecipeError(f"The recipe has no '{key}'. Set it in the recipe or on the command line.")
+    if not cfg.get("architecture"):
+        raise RecipeError("The recipe has no 'architecture'. Set it in the recipe or on the command line.")
+    train_dataset = ((cfg.get("dataset_params") or {}).get("train_dataset_params") or {}).get("dataset")
+    if not cfg.get("train_dataloader") and not train_dataset:
+        raise RecipeError("The recipe has no 'train_dataloader' (a registered dataloader name) and no "
+                          "dataset_params.train_dataset_params.dataset (a registered dataset name): set one.")
     multi_gpu = str(cfg.get("multi_gpu", "Off"))
     if multi_gpu not in MULTI_GPU_MODES:
         raise RecipeError(f"multi_gpu must be one of {', '.join(MULTI_GPU_MODES)}, got '{multi_gpu}'. "

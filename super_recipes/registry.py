@@ -236,7 +236,7 @@ def _argument_problem(factory: Callable, kwargs: dict[str, Any]) -> str:
     if unknown:
         from super_recipes.errors import did_you_mean
 
-        hints = " ".join(did_you_mean(k, accepted) for k in unknown).strip()
+        hints = " ".join(dict.fromkeys(did_you_mean(k, accepted) for k in unknown)).strip()
         return f"unexpected argument(s) {unknown}. {hints} Accepted: {accepted}".replace("  ", " ")
     missing = [
         n for n, p in params.items()

@@ -46,6 +46,8 @@ def prepare_argv(argv: Sequence[str]) -> list[str]:
         config_name = DEFAULT_RECIPE
     check_recipe_exists(config_name, [Path(config_dirs).resolve()] if config_dirs else [])
     _check_training_overrides(argv)
+    if any(arg in ("--info", "-i", "--help", "-h", "--hydra-help") for arg in argv):
+        return argv  # nothing runs, nothing is written; `--info` would also read an appended override as its choice
     present = {arg.split("=", 1)[0].lstrip("+~") for arg in argv}
     return [*argv, *(o for key, o in HYDRA_QUIET_OVERRIDES.items() if key not in present)]
 
@@ -102,13 +104,13 @@ def run_recipe(cfg: Any, source: RecipeSource | None = None) -> dict[str, float]
     _load_initial_weights(model, cfg.get("checkpoint_params") or {})
     data = cfg.get("dataset_params") or {}
     train_loader = dataloaders.get(
-        cfg.train_dataloader, dataset_params=data.get("train_dataset_params"),
+        cfg.get("train_dataloader"), dataset_params=data.get("train_dataset_params"),
         dataloader_params=data.get("train_dataloader_params"), where="dataset_params.train_dataset_params",
     )
     valid_loader = None
-    if cfg.get("val_dataloader"):
+    if cfg.get("val_dataloader") or (data.get("val_dataset_params") or {}).get("dataset"):
         valid_loader = dataloaders.get(
-            cfg.val_dataloader, dataset_params=data.get("val_dataset_params"),
+            cfg.get("val_dataloader"), dataset_params=data.get("val_dataset_params"),
             dataloader_params=data.get("val_dataloader_params"), where="dataset_params.val_dataset_params",
         )
     trainer = Trainer(cfg.get("experiment_name") or cfg.architecture, cfg.get("ckpt_root_dir"),
@@ -133,9 +135,9 @@ def check_names(cfg: Any, params: Any) -> None:
     )
 
     MODELS.get(cfg.architecture, "architecture")
-    DATALOADERS.get(cfg.train_dataloader, "train_dataloader")
-    if cfg.get("val_dataloader"):
-        DATALOADERS.get(cfg.val_dataloader, "val_dataloader")
+    for key in ("train_dataloader", "val_dataloader"):
+        if cfg.get(key):
+            DATALOADERS.get(cfg[key], key)
     split_spec(params.loss, LOSSES, "training_hyperparams.loss")
     if not (isinstance(params.optimizer, str) and "." in params.optimizer):
         split_spec(params.optimizer, OPTIMIZERS, "training_hyperparams.optimizer")

@@ -50,11 +50,12 @@ def write_cifar10(root: Path, per_batch: int = 8, test_size: int = 16, seed: int
     folder.mkdir(parents=True, exist_ok=True)
 
     def batch(name: str, n: int) -> None:
+        # The official files are Python 2 pickles whose str keys load as str with encoding="latin1".
         content = {
-            b"batch_label": name.encode(),
-            b"labels": [int(v) for v in rng.integers(0, 10, n)],
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+            "batch_label": name,
+            "labels": [int(v) for v in rng.integers(0, 10, n)],
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "filenames": [f"img_{i}.png" for i in range(n)],
         }
         with (folder / name).open("wb") as f:
             pickle.dump(content, f)
@@ -62,9 +63,9 @@ def write_cifar10(root: Path, per_batch: int = 8, test_size: int = 16, seed: int
     for i in range(1, 6):
         batch(f"data_batch_{i}", per_batch)
     batch("test_batch", test_size)
-    meta = {b"label_names": [n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer", "dog",
-                                                   "frog", "horse", "ship", "truck")],
-            b"num_cases_per_batch": per_batch, b"num_vis": 3072}
+    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                            "truck"],
+            "num_cases_per_batch": per_batch, "num_vis": 3072}
     with (folder / "batches.meta").open("wb") as f:
         pickle.dump(meta, f)
     return root

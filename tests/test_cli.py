@@ -56,22 +56,22 @@ def test_user_recipe_folder_with_imports_and_own_dataset(tmp_path):
     (recipes / "mine.yaml").write_text(textwrap.dedent("""
         defaults:
           - training_hyperparams: default_train_params
-          - dataset_params: shapes_dataset_params
           - arch_params: resnet_cifar_arch_params
           - checkpoint_params: default_checkpoint_params
           - _self_
         imports: [my_shapes]
         architecture: resnet_tiny_cifar
         arch_params: {num_classes: 6}
-        train_dataloader: shapes_train
-        val_dataloader: shapes_val
         dataset_params:
           train_dataset_params: {dataset: ConstantDataset, size: 8}
+          train_dataloader_params: {batch_size: 4, shuffle: true}
           val_dataset_params: {dataset: ConstantDataset, size: 4}
+          val_dataloader_params: {batch_size: 4}
         experiment_name: mine
         training_hyperparams: {silent_mode: true}
     """))
-    result = run_cli(["--config-dir", str(recipes), "--config-name=mine", *FAST,
+    fast = [arg for arg in FAST if not arg.startswith("num_workers")]
+    result = run_cli(["--config-dir", str(recipes), "--config-name=mine", *fast,
                       f"ckpt_root_dir={tmp_path / 'out'}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "mine" / "ckpt_latest.pth").is_file()

@@ -26,6 +26,8 @@ def _to_float_chw(image: Any) -> torch.Tensor:
         array = np.asarray(image)  # PIL images and HWC ndarrays
         if array.ndim == 2:
             array = array[:, :, None]
+        if not array.flags.writeable:  # PIL hands out read-only buffers, which torch warns about
+            array = array.copy()
         tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
     if tensor.dtype == torch.uint8:
         return tensor.to(torch.float32).div_(255.0).contiguous()
