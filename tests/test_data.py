@@ -203,3 +203,13 @@ def test_user_registered_dataset_via_dataset_key():
     named = dataloaders.get("shapes_train", dataset_params={"dataset": "SquaresOfIndexDataset", "length": 256})
     assert isinstance(named.dataset, SquaresOfIndexDataset) and named.dataset.transforms == ["ToFloatTensor"]
     assert named.batch_size == 128 and named.drop_last
+
+
+def test_build_transforms_converts_to_float_and_accepts_built_objects():
+    from super_recipes.data.transforms import ToFloatTensor, build_transforms
+
+    identity = build_transforms(None)
+    image = identity(np.full((5, 6, 3), 255, dtype=np.uint8))
+    assert image.shape == (3, 5, 6) and image.dtype == torch.float32 and float(image.max()) == 1.0
+    pipeline = build_transforms([ToFloatTensor(), {"Normalize": {"mean": [0.5] * 3, "std": [0.5] * 3}}])
+    assert torch.allclose(pipeline(torch.zeros(3, 2, 2, dtype=torch.uint8)), torch.full((3, 2, 2), -1.0))

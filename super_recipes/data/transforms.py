@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from super_recipes.registry import TRANSFORMS, build_list, register_transform
+from super_recipes.registry import TRANSFORMS, build, build_list, register_transform
 
 
 def _to_float_chw(image: Any) -> torch.Tensor:
@@ -89,13 +89,17 @@ class _EnsureFloatTensor:
 def build_transforms(specs: Any, where: str = "transforms", ensure_float: bool = True) -> Callable:
     """Build the ``transforms:`` key of a dataset's params into one callable.
 
-    ``specs`` may be ``None``/empty (only the float conversion), one spec, a list of specs, or an already built
-    callable (returned as is). With ``ensure_float`` the result always yields a float32 CHW image, so a recipe
-    that lists only augmentations still produces what the model and collate expect.
+    ``specs`` may be ``None``/empty (only the float conversion), one spec, a list of specs and built transform
+    objects (from Python), or an already built callable (returned as is). With ``ensure_float`` the result always
+    yields a float32 CHW image, so a recipe that lists only augmentations still produces what the model and
+    collate expect.
     """
-    if callable(specs) and not isinstance(specs, type):
+    if _is_built(specs):
         return specs
-    transforms: list[Callable] = build_list(TRANSFORMS, specs, where)
+    if isinstance(specs, (list, tuple)):
+        transforms = [s if _is_built(s) else build(TRANSFORMS, s, f"{where}[{i}]") for i, s in enumerate(specs)]
+    else:
+        transforms = build_list(TRANSFORMS, specs, where)
     if ensure_float and not (transforms and isinstance(transforms[-1], ToFloatTensor)):
         transforms.append(_EnsureFloatTensor())
     if any(type(t).__module__.startswith("torchvision") for t in transforms):
@@ -105,3 +109,7 @@ def build_transforms(specs: Any, where: str = "transforms", ensure_float: bool =
     if len(transforms) == 1:
         return transforms[0]
     return Compose(transforms)
+
+
+def _is_built(spec: Any) -> bool:
+    return callable(spec) and not isinstance(spec, type)
