@@ -79,7 +79,7 @@ class ProgressBar(Callback):
         if now >= self._next_refresh:
             self._next_refresh = now + self.refresh_seconds
             lr = context.optimizer.param_groups[0]["lr"]
-            self._bar.set_postfix(loss=f"{float(context.loss):.4f}", lr=f"{lr:.3g}", refresh=False)
+            self._bar.set_postfix(loss=f"{float(context.loss.detach()):.4f}", lr=f"{lr:.3g}", refresh=False)
 
     def on_train_loader_end(self, context: PhaseContext) -> None:
         self._bar.close()
