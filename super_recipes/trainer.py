@@ -7,6 +7,7 @@ the device until the epoch ends or a logger asks for them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -28,10 +29,12 @@ from super_recipes.callbacks.loggers import (
     current_lrs,
 )
 from super_recipes.checkpoints import BEST, LATEST, save_checkpoint
+from super_recipes.ema import ModelEMA, build_ema
 from super_recipes.errors import RecipeError, did_you_mean
 from super_recipes.losses import build_loss, loss_item_names, split_loss_output
 from super_recipes.metrics import build_metrics, compute_metrics
 from super_recipes.optimizers import build_optimizer
+from super_recipes.precision import amp_dtype_for, autocast_factory, grad_scaler_for
 from super_recipes.registry import CALLBACKS, build_list
 from super_recipes.reproducibility import seed_everything
 from super_recipes.schedules import build_lr_schedule
@@ -73,6 +76,8 @@ class Trainer:
         self.recipe = recipe
         self.train_batches_per_epoch: int | None = None
         self.valid_batches_per_epoch: int | None = None
+        self.net: torch.nn.Module | None = None
+        self.ema: ModelEMA | None = None
 
     # ------------------------------------------------------------------ training
     def train(self, model: torch.nn.Module, training_params: Any, train_loader: Iterable,
@@ -88,56 +93,71 @@ class Trainer:
             logger.removeHandler(log_handler)
             log_handler.close()
 
-    def _train(self, model: torch.nn.Module, params: TrainingParams, train_loader: Iterable,
-               valid_loader: Iterable | None, extra_callbacks: list[Callback]) -> dict[str, float]:
+    def _setup(self, model: torch.nn.Module, params: TrainingParams, train_loader: Iterable,
+               valid_loader: Iterable | None) -> None:
+        """Build everything the loop needs; every recipe mistake surfaces here, before the first step."""
         seed_everything(params.seed, params.deterministic)
-        net = model.to(self.device)
-        optimizer = build_optimizer(net, params)
-        loss_fn = build_loss(params.loss, params.criterion_params)
-        if isinstance(loss_fn, torch.nn.Module):
-            loss_fn = loss_fn.to(self.device)
-        train_metrics = {k: m.to(self.device) for k, m in
-                         build_metrics(params.train_metrics_list, "training_hyperparams.train_metrics_list").items()}
-        valid_metrics = {k: m.to(self.device) for k, m in
-                         build_metrics(params.valid_metrics_list, "training_hyperparams.valid_metrics_list").items()}
+        self.params = params
+        self.net = model.to(self.device)
+        self.optimizer = build_optimizer(self.net, params)
+        self.loss_fn = build_loss(params.loss, params.criterion_params)
+        if isinstance(self.loss_fn, torch.nn.Module):
+            self.loss_fn = self.loss_fn.to(self.device)
+        self.train_metrics = self._metrics(params.train_metrics_list, "training_hyperparams.train_metrics_list")
+        self.valid_metrics = self._metrics(params.valid_metrics_list, "training_hyperparams.valid_metrics_list")
+        self.valid_loader = valid_loader
         self.train_batches_per_epoch = _batches(train_loader, params.max_train_batches)
         self.valid_batches_per_epoch = _batches(valid_loader, params.max_valid_batches) if valid_loader else 0
         if not self.train_batches_per_epoch:
             raise RecipeError("The training dataloader is empty (or max_train_batches is 0).")
+        if params.batch_accumulate < 1:
+            raise RecipeError(f"training_hyperparams.batch_accumulate must be >= 1, got {params.batch_accumulate}.")
+        # A trailing partial accumulation still steps, so no micro-batch is wasted.
+        self.steps_per_epoch = math.ceil(self.train_batches_per_epoch / params.batch_accumulate)
+        self.ema = build_ema(self.net, params, total_steps=self.steps_per_epoch * params.max_epochs)
+        amp_dtype = amp_dtype_for(params, self.device)
+        self.autocast = autocast_factory(self.device, amp_dtype)
+        self.scaler = grad_scaler_for(self.device, amp_dtype)
+        self.forward_net = self.net
+        if params.torch_compile:
+            self.forward_net = torch.compile(self.net, **dict(params.torch_compile_options or {}))
 
+    def _train(self, model: torch.nn.Module, params: TrainingParams, train_loader: Iterable,
+               valid_loader: Iterable | None, extra_callbacks: list[Callback]) -> dict[str, float]:
+        self._setup(model, params, train_loader, valid_loader)
         watch = params.metric_to_watch.removeprefix("valid/")
-        expected_names = _expected_loss_names(params, loss_fn)
+        expected_names = _expected_loss_names(params, self.loss_fn)
         if valid_loader is not None and expected_names is not None:
-            _check_metric_to_watch(watch, list(valid_metrics), expected_names)
+            _check_metric_to_watch(watch, list(self.valid_metrics), expected_names)
         # An unnamed tuple-returning loss names its items only after one forward pass: check then.
         self._watch_check_pending = valid_loader is not None and expected_names is None
-        self._valid_metric_names = list(valid_metrics)
         callbacks = CallbackList(self._service_callbacks(params) + self._user_callbacks(params) + extra_callbacks)
         ctx = PhaseContext(
-            net=net, optimizer=optimizer, training_params=params, device=self.device,
-            experiment_dir=self.experiment_dir, max_epochs=params.max_epochs,
-            steps_per_epoch=self.train_batches_per_epoch, metric_to_watch=watch, trainer=self,
+            net=self.net, eval_net=self.ema.module if self.ema else self.net, ema=self.ema,
+            optimizer=self.optimizer, training_params=params, device=self.device,
+            experiment_dir=self.experiment_dir, max_epochs=params.max_epochs, steps_per_epoch=self.steps_per_epoch,
+            metric_to_watch=watch, trainer=self,
         )
-        self._log_start(params, net)
+        self._log_start(params)
         callbacks.on_training_start(ctx)
         record: dict[str, float] = {}
         for epoch in range(params.max_epochs):
             ctx.epoch = epoch
             started = time.perf_counter()
             record = {"epoch": epoch}
-            record.update(self._train_epoch(ctx, callbacks, net, loss_fn, train_metrics, train_loader, params))
+            record.update(self._train_epoch(ctx, callbacks, train_loader))
             validate = valid_loader is not None and (
                 (epoch + 1) % params.run_validation_freq == 0 or epoch + 1 == params.max_epochs)
-            valid_names = [f"valid/{n}" for n in ctx.loss_names] + [f"valid/{n}" for n in valid_metrics]
+            valid_names = [f"valid/{n}" for n in ctx.loss_names] + [f"valid/{n}" for n in self.valid_metrics]
             record.update(dict.fromkeys(valid_names, math.nan))
             if validate:
-                record.update(self._validate_epoch(ctx, callbacks, net, loss_fn, valid_metrics, valid_loader,
-                                                   params))
+                record.update(self._evaluate(ctx.eval_net, valid_loader, self.valid_metrics,
+                                             self.valid_batches_per_epoch, "valid", ctx, callbacks))
             record["epoch_time"] = time.perf_counter() - started
             ctx.epoch_record = record
             improved = validate and self._update_best(ctx, record, params)
             if params.save_model:
-                self._save(ctx, optimizer, callbacks, record, improved)
+                self._save(ctx, callbacks, record, improved)
             if improved:
                 callbacks.on_validation_end_best_epoch(ctx)
             callbacks.on_epoch_end(ctx)
@@ -145,38 +165,54 @@ class Trainer:
                 logger.info(f"Training stopped early after epoch {epoch + 1}.")
                 break
         callbacks.on_training_end(ctx)
-        self.net = net
         return record
 
-    def _train_epoch(self, ctx: PhaseContext, callbacks: CallbackList, net: torch.nn.Module, loss_fn: Any,
-                     metrics: dict, loader: Iterable, params: TrainingParams) -> dict[str, float]:
-        net.train()
-        device, optimizer = self.device, ctx.optimizer
-        max_batches = self.train_batches_per_epoch
+    def _train_epoch(self, ctx: PhaseContext, callbacks: CallbackList, loader: Iterable) -> dict[str, float]:
+        net, device, optimizer, scaler = self.forward_net, self.device, self.optimizer, self.scaler
+        params, loss_fn, metrics, autocast = self.params, self.loss_fn, self.train_metrics, self.autocast
+        num_batches, accumulate = self.train_batches_per_epoch, params.batch_accumulate
+        clip = params.clip_grad_norm
+        self.net.train()
         items: list[torch.Tensor] = []
         callbacks.on_train_loader_start(ctx)
         epoch_lrs = current_lrs(optimizer)  # the rates of the epoch's first step, once the schedule set them
         for batch_idx, (inputs, targets) in enumerate(loader):
-            if batch_idx >= max_batches:
+            if batch_idx >= num_batches:
                 break
             inputs, targets = to_device(inputs, device), to_device(targets, device)
-            ctx.batch_idx, ctx.inputs, ctx.targets = batch_idx, inputs, targets
+            group_start = batch_idx - batch_idx % accumulate
+            group_size = min(accumulate, num_batches - group_start)
+            is_step = batch_idx + 1 == group_start + group_size
+            ctx.batch_idx, ctx.inputs, ctx.targets, ctx.is_optimizer_step = batch_idx, inputs, targets, is_step
             callbacks.on_train_batch_start(ctx)
-            preds = net(inputs)
-            loss, loss_items = split_loss_output(loss_fn(preds, targets))
+            with autocast():
+                preds = net(inputs)
+                loss, loss_items = split_loss_output(loss_fn(preds, targets))
             ctx.preds, ctx.loss, ctx.loss_items = preds, loss, loss_items
             if not ctx.loss_names:
-                ctx.loss_names = loss_item_names(loss_fn, params.loss_logging_items_names, loss_items.numel())
-                if self._watch_check_pending:
-                    _check_metric_to_watch(ctx.metric_to_watch, self._valid_metric_names, ctx.loss_names)
+                self._name_loss_items(ctx, loss_items)
             callbacks.on_train_batch_loss_end(ctx)
-            loss.backward()
+            # Dividing by the group size makes the accumulated gradient that of one group-sized batch.
+            scaled = loss / group_size if group_size > 1 else loss
+            with _skip_gradient_sync(net, not is_step):
+                (scaler.scale(scaled) if scaler else scaled).backward()
             callbacks.on_train_batch_backward_end(ctx)
-            callbacks.on_train_batch_gradient_step_start(ctx)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            ctx.global_step += 1
-            callbacks.on_train_batch_gradient_step_end(ctx)
+            if is_step:
+                callbacks.on_train_batch_gradient_step_start(ctx)
+                if clip:
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                ctx.global_step += 1
+                if self.ema is not None:
+                    self.ema.update(self.net)
+                callbacks.on_train_batch_gradient_step_end(ctx)
             for metric in metrics.values():
                 metric.update(preds.detach(), targets)
             items.append(loss_items)
@@ -187,32 +223,73 @@ class Trainer:
         callbacks.on_train_loader_end(ctx)
         return results
 
+    def _name_loss_items(self, ctx: PhaseContext, loss_items: torch.Tensor) -> None:
+        ctx.loss_names = loss_item_names(self.loss_fn, self.params.loss_logging_items_names, loss_items.numel())
+        if self._watch_check_pending:
+            _check_metric_to_watch(ctx.metric_to_watch, list(self.valid_metrics), ctx.loss_names)
+
+    # ------------------------------------------------------------------ evaluation
     @torch.inference_mode()
-    def _validate_epoch(self, ctx: PhaseContext, callbacks: CallbackList, net: torch.nn.Module, loss_fn: Any,
-                        metrics: dict, loader: Iterable, params: TrainingParams) -> dict[str, float]:
+    def _evaluate(self, net: torch.nn.Module, loader: Iterable, metrics: dict, max_batches: int | None,
+                  prefix: str, ctx: PhaseContext | None = None, callbacks: CallbackList | None = None,
+                  loss_fn: Any = "train") -> dict[str, float]:
+        """One pass over ``loader``: loss items and metrics as ``{prefix/name: value}``.
+
+        ``prefix`` "valid" fires the validation events, "test" the test events (when callbacks are given).
+        """
+        loss_fn = self.loss_fn if loss_fn == "train" else loss_fn
+        phase = "validation" if prefix == "valid" else "test"
+        fire = (lambda event: getattr(callbacks, f"on_{phase}_{event}")) if callbacks else (lambda event: _no_event)
+        on_batch_start, on_batch_end = fire("batch_start"), fire("batch_end")
+        ctx = ctx or PhaseContext(net=net, eval_net=net, device=self.device, trainer=self)
+        autocast = getattr(self, "autocast", _no_autocast)
+        was_training = net.training
         net.eval()
         items: list[torch.Tensor] = []
-        callbacks.on_validation_loader_start(ctx)
+        fire("loader_start")(ctx)
         for batch_idx, (inputs, targets) in enumerate(loader):
-            if batch_idx >= self.valid_batches_per_epoch:
+            if max_batches is not None and batch_idx >= max_batches:
                 break
             inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
             ctx.batch_idx, ctx.inputs, ctx.targets = batch_idx, inputs, targets
-            callbacks.on_validation_batch_start(ctx)
-            preds = net(inputs)
+            on_batch_start(ctx)
+            with autocast():
+                preds = net(inputs)
+                if loss_fn is not None:
+                    ctx.loss_items = split_loss_output(loss_fn(preds, targets))[1]
+                    items.append(ctx.loss_items)
             ctx.preds = preds
-            if loss_fn is not None:
-                _, loss_items = split_loss_output(loss_fn(preds, targets))
-                ctx.loss_items = loss_items
-                items.append(loss_items)
             for metric in metrics.values():
                 metric.update(preds, targets)
-            callbacks.on_validation_batch_end(ctx)
-        results = _mean_items(items, ctx.loss_names, "valid") if ctx.loss_names else {}
-        results.update(compute_metrics(metrics, "valid"))
+            on_batch_end(ctx)
+        configured = self.params.loss_logging_items_names if loss_fn is getattr(self, "loss_fn", None) else None
+        names = ctx.loss_names or (loss_item_names(loss_fn, configured, items[0].numel()) if items else [])
+        results = _mean_items(items, names, prefix)
+        results.update(compute_metrics(metrics, prefix))
         ctx.metrics = results
-        callbacks.on_validation_loader_end(ctx)
+        fire("loader_end")(ctx)
+        net.train(was_training)
         return results
+
+    def evaluate(self, net: torch.nn.Module, loader: Iterable | None = None) -> dict[str, float]:
+        """Validate ``net`` like the training run does (its validation loader, metrics and loss), no callbacks.
+
+        Used for models built after training, such as ``average_model.pth``.
+        """
+        loader = loader if loader is not None else self.valid_loader
+        metrics = self._metrics(self.params.valid_metrics_list, "training_hyperparams.valid_metrics_list")
+        return self._evaluate(net.to(self.device), loader, metrics, self.valid_batches_per_epoch, "valid")
+
+    def test(self, model: torch.nn.Module, test_loader: Iterable, test_metrics_list: Any = ("Accuracy",),
+             loss: Any = None, callbacks: Iterable[Callback] = ()) -> dict[str, float]:
+        """Evaluate ``model`` on ``test_loader``; returns ``{"test/<metric>": value, ...}``."""
+        metrics = self._metrics(list(test_metrics_list), "test_metrics_list")
+        loss_fn = build_loss(loss) if loss is not None else None
+        return self._evaluate(model.to(self.device), test_loader, metrics, None, "test",
+                              callbacks=CallbackList(list(callbacks)), loss_fn=loss_fn)
+
+    def _metrics(self, specs: Any, where: str) -> dict:
+        return {name: metric.to(self.device) for name, metric in build_metrics(specs, where).items()}
 
     # ------------------------------------------------------------------ bookkeeping
     def _update_best(self, ctx: PhaseContext, record: dict[str, float], params: TrainingParams) -> bool:
@@ -225,28 +302,37 @@ class Trainer:
             ctx.best_metric = value
         return better
 
-    def _save(self, ctx: PhaseContext, optimizer: torch.optim.Optimizer, callbacks: CallbackList,
-              record: dict[str, float], improved: bool) -> None:
+    def _save(self, ctx: PhaseContext, callbacks: CallbackList, record: dict[str, float], improved: bool) -> None:
         state = {
-            "net": ctx.net.state_dict(),
+            "net": self.net.state_dict(),
             "acc": ctx.best_metric,
             "epoch": ctx.epoch,
             "global_step": ctx.global_step,
             "metric_to_watch": ctx.metric_to_watch,
             "metrics": record,
-            "optimizer_state_dict": optimizer.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
             "callbacks": callbacks.state_dict(),
             "recipe": _recipe_yaml(self.recipe),
         }
+        if self.ema is not None:
+            state["ema_net"], state["ema_updates"] = self.ema.module.state_dict(), self.ema.updates
+        if self.scaler is not None:
+            state["scaler_state_dict"] = self.scaler.state_dict()
         save_checkpoint(state, self.experiment_dir / LATEST)
         if improved:
             save_checkpoint(state, self.experiment_dir / BEST)
+        if ctx.epoch in self.params.save_ckpt_epoch_list:
+            save_checkpoint(state, self.experiment_dir / f"ckpt_epoch_{ctx.epoch}.pth")
 
     def _service_callbacks(self, params: TrainingParams) -> list[Callback]:
         services: list[Callback] = []
         schedule = build_lr_schedule(params)
         if schedule is not None:
             services.append(schedule)
+        if params.average_best_models:
+            from super_recipes.callbacks.averaging import build_model_averaging
+
+            services.append(build_model_averaging(params))
         if not params.silent_mode and sys.stderr.isatty():
             services.append(ProgressBar())
         services += [EpochSummary(), TensorBoardLogger(params.log_every_n_steps), MetricsCSV()]
@@ -255,41 +341,29 @@ class Trainer:
     def _user_callbacks(self, params: TrainingParams) -> list[Callback]:
         return build_list(CALLBACKS, params.phase_callbacks, "training_hyperparams.phase_callbacks")
 
-    def _log_start(self, params: TrainingParams, net: torch.nn.Module) -> None:
-        num_params = sum(p.numel() for p in net.parameters())
+    def _log_start(self, params: TrainingParams) -> None:
+        num_params = sum(p.numel() for p in self.net.parameters())
+        extras = [name for name, on in (("EMA", params.ema), ("mixed precision", params.mixed_precision),
+                                        ("torch.compile", params.torch_compile)) if on]
         logger.info(
-            f"Training {type(net).__name__} ({num_params / 1e6:.2f}M parameters) on {self.device} for "
-            f"{params.max_epochs} epochs, {self.train_batches_per_epoch} steps/epoch; outputs in "
-            f"{self.experiment_dir}"
+            f"Training {type(self.net).__name__} ({num_params / 1e6:.2f}M parameters) on {self.device} for "
+            f"{params.max_epochs} epochs, {self.steps_per_epoch} steps/epoch"
+            f"{' with ' + ', '.join(extras) if extras else ''}; outputs in {self.experiment_dir}"
         )
 
-    # ------------------------------------------------------------------ test
-    @torch.inference_mode()
-    def test(self, model: torch.nn.Module, test_loader: Iterable, test_metrics_list: Any = ("Accuracy",),
-             loss: Any = None, callbacks: Iterable[Callback] = ()) -> dict[str, float]:
-        """Evaluate ``model`` on ``test_loader``; returns ``{"test/<metric>": value, ...}``."""
-        net = model.to(self.device).eval()
-        metrics = {k: m.to(self.device) for k, m in build_metrics(list(test_metrics_list), "test_metrics_list").items()}
-        loss_fn = build_loss(loss) if loss is not None else None
-        callback_list = CallbackList(list(callbacks))
-        ctx = PhaseContext(net=net, device=self.device, experiment_dir=self.experiment_dir, trainer=self)
-        items: list[torch.Tensor] = []
-        callback_list.on_test_loader_start(ctx)
-        for batch_idx, (inputs, targets) in enumerate(test_loader):
-            inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
-            ctx.batch_idx, ctx.inputs, ctx.targets = batch_idx, inputs, targets
-            callback_list.on_test_batch_start(ctx)
-            ctx.preds = preds = net(inputs)
-            if loss_fn is not None:
-                items.append(split_loss_output(loss_fn(preds, targets))[1])
-            for metric in metrics.values():
-                metric.update(preds, targets)
-            callback_list.on_test_batch_end(ctx)
-        results = _mean_items(items, loss_item_names(loss_fn, None, items[0].numel()), "test") if items else {}
-        results.update(compute_metrics(metrics, "test"))
-        ctx.metrics = results
-        callback_list.on_test_loader_end(ctx)
-        return results
+
+def _no_event(context: PhaseContext) -> None:
+    return None
+
+
+def _no_autocast() -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def _skip_gradient_sync(net: torch.nn.Module, skip: bool) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` on micro-batches that only accumulate, so gradients are all-reduced once per step."""
+    no_sync = getattr(net, "no_sync", None)
+    return no_sync() if skip and no_sync is not None else contextlib.nullcontext()
 
 
 def _batches(loader: Iterable | None, limit: int | None) -> int | None:

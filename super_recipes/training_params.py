@@ -34,6 +34,19 @@ class TrainingParams:
     lr_cooldown_epochs: int = 0
     cosine_final_lr_ratio: float = 0.01
     poly_lr_power: float = 0.9
+    warmup_mode: str = "LinearEpochLRWarmup"
+    lr_warmup_steps: int = 0
+    lr_schedule_function: Any = None
+    zero_weight_decay_on_bias_and_bn: bool = False
+
+    ema: bool = False
+    ema_params: dict[str, Any] = field(default_factory=lambda: {"decay": 0.9999, "decay_type": "exp", "beta": 15})
+    mixed_precision: bool = False
+    amp_dtype: str = "float16"
+    batch_accumulate: int = 1
+    clip_grad_norm: Any = None
+    torch_compile: bool = False
+    torch_compile_options: dict[str, Any] = field(default_factory=dict)
 
     train_metrics_list: Any = field(default_factory=list)
     valid_metrics_list: Any = field(default_factory=lambda: ["Accuracy"])
@@ -49,6 +62,9 @@ class TrainingParams:
     silent_mode: bool = False
     log_every_n_steps: int = 10
     phase_callbacks: Any = field(default_factory=list)
+    save_ckpt_epoch_list: list[int] = field(default_factory=list)
+    average_best_models: bool = False
+    average_best_models_k: int = 10
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict copy, as stored in checkpoints."""

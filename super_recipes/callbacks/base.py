@@ -57,7 +57,9 @@ class PhaseContext:
     ``on_epoch_end`` ``epoch_record`` holds the whole row written to ``metrics.csv``.
     """
 
-    net: Any = None
+    net: Any = None  # the model being trained (the plain module, also under torch.compile or DDP)
+    eval_net: Any = None  # the model validated and selected: the EMA model when ema is on, else net
+    ema: Any = None  # super_recipes.ema.ModelEMA when ema is on
     optimizer: Any = None
     training_params: Any = None
     device: Any = None
@@ -65,6 +67,7 @@ class PhaseContext:
     epoch: int = 0
     max_epochs: int = 0
     batch_idx: int = 0
+    is_optimizer_step: bool = True  # False on micro-batches that only accumulate gradients (batch_accumulate)
     global_step: int = 0  # optimizer steps taken so far in the run
     steps_per_epoch: int = 0  # optimizer steps per epoch
     inputs: Any = None
