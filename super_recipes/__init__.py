@@ -22,7 +22,7 @@ _LAZY = {
     "run_recipe": ("super_recipes.train_from_recipe", "run_recipe"),
 }
 for _name in ("model", "loss", "metric", "callback", "dataset", "dataloader", "transform", "optimizer",
-              "lr_schedule", "collate_function"):
+              "lr_schedule", "lr_function", "collate_function"):
     _LAZY[f"register_{_name}"] = ("super_recipes.registry", f"register_{_name}")
 
 __all__ = sorted(_LAZY)

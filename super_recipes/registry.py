@@ -145,6 +145,9 @@ TRANSFORMS = Registry(
 )
 OPTIMIZERS = Registry("optimizer", [], _public_classes("torch.optim", "torch.optim.Optimizer"))
 LR_SCHEDULES = Registry("LR schedule", ["super_recipes.schedules"])
+# ``lr_schedule_function`` names: plain functions f(initial_lr, epoch, iter, max_epoch, iters_per_epoch) -> lr,
+# kept apart from LR_SCHEDULES (whose entries build a schedule callback from training_hyperparams).
+LR_FUNCTIONS = Registry("LR schedule function", ["super_recipes.schedules"])
 COLLATE_FUNCTIONS = Registry("collate function", ["super_recipes.data.collate"])
 
 REGISTRIES: dict[str, Registry] = {
@@ -157,6 +160,7 @@ REGISTRIES: dict[str, Registry] = {
     "transforms": TRANSFORMS,
     "optimizers": OPTIMIZERS,
     "lr_schedules": LR_SCHEDULES,
+    "lr_functions": LR_FUNCTIONS,
     "collate_functions": COLLATE_FUNCTIONS,
 }
 
@@ -169,6 +173,7 @@ register_dataloader = DATALOADERS.register
 register_transform = TRANSFORMS.register
 register_optimizer = OPTIMIZERS.register
 register_lr_schedule = LR_SCHEDULES.register
+register_lr_function = LR_FUNCTIONS.register
 register_collate_function = COLLATE_FUNCTIONS.register
 
 

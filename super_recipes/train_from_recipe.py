@@ -127,7 +127,6 @@ def check_names(cfg: Any, params: Any) -> None:
         CALLBACKS,
         DATALOADERS,
         LOSSES,
-        LR_SCHEDULES,
         METRICS,
         MODELS,
         OPTIMIZERS,
@@ -141,8 +140,9 @@ def check_names(cfg: Any, params: Any) -> None:
     split_spec(params.loss, LOSSES, "training_hyperparams.loss")
     if not (isinstance(params.optimizer, str) and "." in params.optimizer):
         split_spec(params.optimizer, OPTIMIZERS, "training_hyperparams.optimizer")
-    if isinstance(params.lr_mode, str):
-        LR_SCHEDULES.get(params.lr_mode, "training_hyperparams.lr_mode")
+    from super_recipes.schedules import build_lr_schedule
+
+    build_lr_schedule(params)  # cheap, and checks every schedule key
     for key, registry in (("train_metrics_list", METRICS), ("valid_metrics_list", METRICS),
                           ("phase_callbacks", CALLBACKS)):
         specs = getattr(params, key) or []

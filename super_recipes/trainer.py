@@ -156,11 +156,11 @@ class Trainer:
             record["epoch_time"] = time.perf_counter() - started
             ctx.epoch_record = record
             improved = validate and self._update_best(ctx, record, params)
-            if params.save_model:
-                self._save(ctx, callbacks, record, improved)
             if improved:
                 callbacks.on_validation_end_best_epoch(ctx)
             callbacks.on_epoch_end(ctx)
+            if params.save_model:  # after on_epoch_end, so every callback's state for this epoch is saved
+                self._save(ctx, callbacks, record, improved)
             if ctx.stop_training:
                 logger.info(f"Training stopped early after epoch {epoch + 1}.")
                 break

@@ -4,5 +4,9 @@ Register your own with ``@register_callback`` and list it in ``training_hyperpar
 """
 
 from super_recipes.callbacks.base import EVENTS, Callback, CallbackList, PhaseContext
+from super_recipes.callbacks.early_stop import EarlyStop
+from super_recipes.callbacks.lr_logging import LRMonitor
 
-__all__ = ["EVENTS", "Callback", "CallbackList", "PhaseContext"]
+# averaging (the ``average_best_models`` service, which needs torch) is imported by the trainer, not here, so
+# that resolving callback names stays cheap.
+__all__ = ["EVENTS", "Callback", "CallbackList", "EarlyStop", "LRMonitor", "PhaseContext"]

@@ -13,7 +13,7 @@ Events and when the loop fires them (``phase_callbacks`` and built-in services a
           per batch: on_validation_batch_start -> forward -> on_validation_batch_end
         on_validation_loader_end
         on_validation_end_best_epoch        (only when metric_to_watch improved)
-        on_epoch_end                        (after checkpoints are written; the epoch's record is complete)
+        on_epoch_end                        (the epoch's record is complete; checkpoints are written after it)
     on_training_end
     Trainer.test(): on_test_loader_start, on_test_batch_start, on_test_batch_end, on_test_loader_end
 """
@@ -81,6 +81,7 @@ class PhaseContext:
     metric_to_watch: str = ""
     best_metric: float | None = None
     is_rank_zero: bool = True
+    average_model_metrics: dict[str, float] | None = None  # set by average_best_models at training end
     stop_training: bool = False  # set by a callback (EarlyStop) to end training after this epoch
     trainer: Any = None
 
