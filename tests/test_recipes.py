@@ -112,3 +112,12 @@ def test_every_shipped_recipe_runs_one_step(name, tmp_path):
     folder = tmp_path / "ckpt" / cfg.experiment_name
     assert (folder / "recipe.yaml").is_file() and (folder / "ckpt_latest.pth").is_file()
     assert record["epoch"] == 0 and "valid/Accuracy" in record
+
+
+def test_readme_documents_every_training_key():
+    readme = (recipes_dir().parent / "README.md")
+    if not readme.is_file():
+        pytest.skip("README.md is not next to the recipes (installed wheel)")
+    text = readme.read_text()
+    missing = [f.name for f in fields(TrainingParams) if f"| `{f.name}` |" not in text]
+    assert not missing, f"README's training_hyperparams table lacks {missing}"
