@@ -26,6 +26,7 @@ from super_recipes.recipe import (
 )
 
 RECIPE_FILE_NAME = "recipe.yaml"
+_USER_ARGS: list[str] = []  # the command line as typed, for the resume hint after an interruption
 
 # Keep Hydra from creating outputs/DATE/TIME folders, .hydra copies and its own log files: every output of a run
 # belongs in <ckpt_root_dir>/<experiment_name>/.
@@ -187,10 +188,23 @@ def _hydra_task(cfg: Any) -> None:
     OmegaConf.set_struct(cfg, False)
     with open_dict(cfg):
         cfg.pop("hydra", None)
+    from super_recipes.interrupts import TrainingInterrupted
+
     try:
         run_recipe(cfg, source)
     except RecipeError as err:
         _exit_with(err)
+    except TrainingInterrupted as stop:
+        resume = " ".join(["python -m super_recipes.train_from_recipe", *_USER_ARGS, "resume=true"])
+        print(f"Interrupted ({signal_name(stop.signum)}); saved {stop.checkpoint}. Resume with: {resume}",
+              file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 def _exit_with(err: RecipeError) -> None:
@@ -204,8 +218,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m super_recipes.train_from_recipe`` and ``super-recipes-train``."""
     import hydra
 
+    user_args = list(sys.argv[1:] if argv is None else argv)
+    _USER_ARGS[:] = [a for a in user_args if a.split("=", 1)[0] not in ("resume", "training_hyperparams.resume")]
     try:
-        args = prepare_argv(sys.argv[1:] if argv is None else argv)
+        args = prepare_argv(user_args)
     except RecipeError as err:
         _exit_with(err)
     sys.argv = [sys.argv[0], *args]

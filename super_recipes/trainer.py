@@ -29,18 +29,26 @@ from super_recipes.callbacks.loggers import (
     current_lrs,
 )
 from super_recipes.checkpoints import BEST, LATEST, save_checkpoint
+from super_recipes.data.resumable import ResumableSampler, make_resumable
 from super_recipes.ema import ModelEMA, build_ema
 from super_recipes.errors import RecipeError, did_you_mean
+from super_recipes.interrupts import StopRequests, TrainingInterrupted
 from super_recipes.losses import build_loss, loss_item_names, split_loss_output
 from super_recipes.metrics import build_metrics, compute_metrics
 from super_recipes.optimizers import build_optimizer
 from super_recipes.precision import amp_dtype_for, autocast_factory, grad_scaler_for
 from super_recipes.registry import CALLBACKS, build_list
 from super_recipes.reproducibility import seed_everything
+from super_recipes.resume import resume_checkpoint_path
 from super_recipes.schedules import build_lr_schedule
 from super_recipes.training_params import TrainingParams, parse_training_params
+from super_recipes.training_state import EpochProgress, capture, put_back_rng, restore
 
 logger = logging.getLogger("super_recipes")
+
+
+class CheckpointSaveError(RecipeError):
+    """A checkpoint could not be written (disk full, permissions...); the previous one is intact."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -106,7 +114,10 @@ class Trainer:
         self.train_metrics = self._metrics(params.train_metrics_list, "training_hyperparams.train_metrics_list")
         self.valid_metrics = self._metrics(params.valid_metrics_list, "training_hyperparams.valid_metrics_list")
         self.valid_loader = valid_loader
-        self.train_batches_per_epoch = _batches(train_loader, params.max_train_batches)
+        self.train_loader = make_resumable(train_loader, params.seed)
+        self.recipe_yaml = _recipe_yaml(self.recipe)
+        self.params_yaml = _recipe_yaml(params.to_dict())
+        self.train_batches_per_epoch = _batches(self.train_loader, params.max_train_batches)
         self.valid_batches_per_epoch = _batches(valid_loader, params.max_valid_batches) if valid_loader else 0
         if not self.train_batches_per_epoch:
             raise RecipeError("The training dataloader is empty (or max_train_batches is 0).")
@@ -138,45 +149,75 @@ class Trainer:
             experiment_dir=self.experiment_dir, max_epochs=params.max_epochs, steps_per_epoch=self.steps_per_epoch,
             metric_to_watch=watch, trainer=self,
         )
+        point = None
+        resume_path = resume_checkpoint_path(params, self.experiment_dir)
+        if resume_path is not None:
+            point = restore(self, ctx, callbacks, resume_path, self._run_description(params),
+                            params.resume_allow_changes)
+            if point.epoch >= params.max_epochs:
+                logger.info(f"{self.experiment_dir} already finished {point.epoch} epochs (max_epochs="
+                            f"{params.max_epochs}): nothing to resume. Raise max_epochs to train further.")
+                return point.record
+            ctx.epoch = point.epoch
+            logger.info(f"Resuming from {resume_path}: epoch {point.epoch + 1}, "
+                        f"after {point.progress.start_batch} batches of it.")
         self._log_start(params)
         callbacks.on_training_start(ctx)
-        record: dict[str, float] = {}
-        for epoch in range(params.max_epochs):
-            ctx.epoch = epoch
-            started = time.perf_counter()
-            record = {"epoch": epoch}
-            record.update(self._train_epoch(ctx, callbacks, train_loader))
-            validate = valid_loader is not None and (
-                (epoch + 1) % params.run_validation_freq == 0 or epoch + 1 == params.max_epochs)
-            valid_names = [f"valid/{n}" for n in ctx.loss_names] + [f"valid/{n}" for n in self.valid_metrics]
-            record.update(dict.fromkeys(valid_names, math.nan))
-            if validate:
-                record.update(self._evaluate(ctx.eval_net, valid_loader, self.valid_metrics,
-                                             self.valid_batches_per_epoch, "valid", ctx, callbacks))
-            record["epoch_time"] = time.perf_counter() - started
-            ctx.epoch_record = record
-            improved = validate and self._update_best(ctx, record, params)
-            if improved:
-                callbacks.on_validation_end_best_epoch(ctx)
-            callbacks.on_epoch_end(ctx)
-            if params.save_model:  # after on_epoch_end, so every callback's state for this epoch is saved
-                self._save(ctx, callbacks, record, improved)
-            if ctx.stop_training:
-                logger.info(f"Training stopped early after epoch {epoch + 1}.")
-                break
+        if point is not None:
+            put_back_rng(point)  # last, so the resumed steps draw exactly the numbers the original run drew
+        record: dict[str, float] = point.record if point else {}
+        self._last_record = record
+        with StopRequests() as self._stops:
+            for epoch in range(ctx.epoch, params.max_epochs):
+                ctx.epoch = epoch
+                progress = point.progress if point is not None and epoch == point.epoch else EpochProgress()
+                record = self._run_epoch(ctx, callbacks, progress, valid_loader)
+                if self._stops.signum is not None:
+                    raise TrainingInterrupted(self._stops.signum, self.experiment_dir / LATEST)
+                if ctx.stop_training:
+                    logger.info(f"Training stopped early after epoch {epoch + 1}.")
+                    break
         callbacks.on_training_end(ctx)
         return record
 
-    def _train_epoch(self, ctx: PhaseContext, callbacks: CallbackList, loader: Iterable) -> dict[str, float]:
+    def _run_epoch(self, ctx: PhaseContext, callbacks: CallbackList, progress: EpochProgress,
+                   valid_loader: Iterable | None) -> dict[str, float]:
+        params, epoch = self.params, ctx.epoch
+        started = time.perf_counter() - progress.elapsed
+        record = {"epoch": epoch}
+        record.update(self._train_epoch(ctx, callbacks, progress, started))
+        validate = valid_loader is not None and (
+            (epoch + 1) % params.run_validation_freq == 0 or epoch + 1 == params.max_epochs)
+        valid_names = [f"valid/{n}" for n in ctx.loss_names] + [f"valid/{n}" for n in self.valid_metrics]
+        record.update(dict.fromkeys(valid_names, math.nan))
+        if validate:
+            record.update(self._evaluate(ctx.eval_net, valid_loader, self.valid_metrics,
+                                         self.valid_batches_per_epoch, "valid", ctx, callbacks))
+        record["epoch_time"] = time.perf_counter() - started
+        ctx.epoch_record = record
+        improved = validate and self._update_best(ctx, record, params)
+        if improved:
+            callbacks.on_validation_end_best_epoch(ctx)
+        callbacks.on_epoch_end(ctx)
+        self._last_record = record
+        if params.save_model or self._stops.signum is not None:
+            # After on_epoch_end, so every callback's state for this epoch is saved.
+            self._save(ctx, callbacks, record, improved)
+        return record
+
+    def _train_epoch(self, ctx: PhaseContext, callbacks: CallbackList, progress: EpochProgress,
+                     started: float) -> dict[str, float]:
         net, device, optimizer, scaler = self.forward_net, self.device, self.optimizer, self.scaler
         params, loss_fn, metrics, autocast = self.params, self.loss_fn, self.train_metrics, self.autocast
         num_batches, accumulate = self.train_batches_per_epoch, params.batch_accumulate
-        clip = params.clip_grad_norm
+        clip, save_every, stops = params.clip_grad_norm, params.ckpt_every_n_steps, self._stops
+        batches = self._epoch_batches(ctx.epoch, progress.start_batch)
         self.net.train()
-        items: list[torch.Tensor] = []
+        items = progress.items
         callbacks.on_train_loader_start(ctx)
-        epoch_lrs = current_lrs(optimizer)  # the rates of the epoch's first step, once the schedule set them
-        for batch_idx, (inputs, targets) in enumerate(loader):
+        # The rates of the epoch's first step, once the schedule has set them (kept across a mid-epoch resume).
+        progress.lrs = epoch_lrs = progress.lrs or current_lrs(optimizer)
+        for batch_idx, (inputs, targets) in batches:
             if batch_idx >= num_batches:
                 break
             inputs, targets = to_device(inputs, device), to_device(targets, device)
@@ -217,6 +258,11 @@ class Trainer:
                 metric.update(preds.detach(), targets)
             items.append(loss_items)
             callbacks.on_train_batch_end(ctx)
+            if is_step and (stops.signum is not None or (save_every and ctx.global_step % save_every == 0)):
+                progress.elapsed = time.perf_counter() - started
+                self._save_mid_epoch(ctx, callbacks, batch_idx + 1, progress)
+                if stops.signum is not None:
+                    raise TrainingInterrupted(stops.signum, self.experiment_dir / LATEST)
         results = {**epoch_lrs, **_mean_items(items, ctx.loss_names, "train")}
         results.update(compute_metrics(metrics, "train"))
         ctx.metrics = results
@@ -302,27 +348,47 @@ class Trainer:
             ctx.best_metric = value
         return better
 
+    def _epoch_batches(self, epoch: int, start_batch: int) -> Iterable:
+        """``(batch_idx, batch)`` pairs of ``epoch`` from ``start_batch`` on (a resumed epoch skips what it did)."""
+        loader = self.train_loader
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        if isinstance(sampler, ResumableSampler):
+            sampler.start_at(start_batch * loader.batch_size)
+            return enumerate(loader, start=start_batch)
+        # A loader we could not make resumable: replay its first batches to skip them (data loading only).
+        return ((i, batch) for i, batch in enumerate(loader) if i >= start_batch)
+
     def _save(self, ctx: PhaseContext, callbacks: CallbackList, record: dict[str, float], improved: bool) -> None:
-        state = {
-            "net": self.net.state_dict(),
-            "acc": ctx.best_metric,
-            "epoch": ctx.epoch,
-            "global_step": ctx.global_step,
-            "metric_to_watch": ctx.metric_to_watch,
-            "metrics": record,
-            "optimizer_state_dict": self.optimizer.state_dict(),
-            "callbacks": callbacks.state_dict(),
-            "recipe": _recipe_yaml(self.recipe),
-        }
-        if self.ema is not None:
-            state["ema_net"], state["ema_updates"] = self.ema.module.state_dict(), self.ema.updates
-        if self.scaler is not None:
-            state["scaler_state_dict"] = self.scaler.state_dict()
-        save_checkpoint(state, self.experiment_dir / LATEST)
-        if improved:
-            save_checkpoint(state, self.experiment_dir / BEST)
+        state = capture(self, ctx, callbacks, record, next_epoch=ctx.epoch + 1, next_batch=0, progress=None)
+        names = [LATEST] + [BEST] * improved
         if ctx.epoch in self.params.save_ckpt_epoch_list:
-            save_checkpoint(state, self.experiment_dir / f"ckpt_epoch_{ctx.epoch}.pth")
+            names.append(f"ckpt_epoch_{ctx.epoch}.pth")
+        self._write(state, names)
+
+    def _save_mid_epoch(self, ctx: PhaseContext, callbacks: CallbackList, next_batch: int,
+                        progress: EpochProgress) -> None:
+        record = getattr(self, "_last_record", {})
+        self._write(capture(self, ctx, callbacks, record, ctx.epoch, next_batch, progress), [LATEST])
+
+    def _write(self, state: dict[str, Any], names: list[str]) -> None:
+        for name in names:
+            path = self.experiment_dir / name
+            try:
+                save_checkpoint(state, path)
+            except OSError as err:
+                raise CheckpointSaveError(
+                    f"Could not write {path}: {err}. Training stopped; the previous checkpoint is intact.") from None
+
+    def _run_description(self, params: TrainingParams) -> dict[str, Any]:
+        """What a checkpoint's run is compared with on resume: the recipe, or the training params alone."""
+        from omegaconf import OmegaConf
+
+        if self.recipe is not None:
+            recipe = self.recipe if OmegaConf.is_config(self.recipe) else OmegaConf.create(self.recipe)
+            return OmegaConf.to_container(recipe, resolve=True)
+        return {"training_hyperparams": OmegaConf.to_container(OmegaConf.create(params.to_dict()))}
 
     def _service_callbacks(self, params: TrainingParams) -> list[Callback]:
         services: list[Callback] = []

@@ -63,6 +63,10 @@ class TrainingParams:
     log_every_n_steps: int = 10
     phase_callbacks: Any = field(default_factory=list)
     save_ckpt_epoch_list: list[int] = field(default_factory=list)
+    ckpt_every_n_steps: Any = None
+    resume: bool = False
+    resume_path: Any = None
+    resume_allow_changes: bool = False
     average_best_models: bool = False
     average_best_models_k: int = 10
 

@@ -171,9 +171,15 @@ class MetricsCSV(Callback):
     def on_training_start(self, context: PhaseContext) -> None:
         self._path = context.experiment_dir / CSV_FILE_NAME
         self._columns = None
-        if context.epoch > 0 and self._path.exists():  # a resumed run appends to the rows it already has
+        if context.epoch > 0 and self._path.exists():
+            # A resumed run keeps the rows of the epochs before its checkpoint (a row written after the
+            # checkpoint it resumes from is dropped: that epoch is computed again).
             with self._path.open(newline="") as f:
-                self._columns = next(csv.reader(f), None)
+                rows = list(csv.reader(f))
+            self._columns = rows[0] if rows else None
+            kept = [r for r in rows[1:] if r and int(r[0]) < context.epoch]
+            with self._path.open("w", newline="") as f:
+                csv.writer(f).writerows(rows[:1] + kept)
 
     def on_epoch_end(self, context: PhaseContext) -> None:
         record = context.epoch_record

@@ -1,12 +1,14 @@
 """Build a model by its registered name: ``models.get("resnet18_cifar", num_classes=10)``.
 
 This module only looks names up; the architectures live in :mod:`super_recipes.models.classification`,
-which the model registry imports on first lookup (so ``import super_recipes.models`` stays cheap).
+which the model registry imports on first lookup (so ``import super_recipes.models`` stays cheap). Weights are
+loaded by :mod:`super_recipes.models.weights` (files) and :mod:`super_recipes.models.pretrained` (published).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -21,14 +23,27 @@ def get(
     name: str,
     num_classes: int | None = None,
     arch_params: Mapping[str, Any] | None = None,
+    *,
+    checkpoint_path: str | Path | None = None,
+    pretrained_weights: str | None = None,
+    strict_load: Any = "on",
+    load_backbone: bool = False,
+    load_ema_as_net: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build the model registered as ``name`` (recipe key ``architecture``).
+    """Build the model registered as ``name`` (recipe key ``architecture``), optionally with weights.
 
     ``arch_params`` (recipe key ``arch_params``, a mapping or DictConfig) and extra keyword arguments are the
     architecture's own arguments; keyword arguments win over ``arch_params``. ``num_classes``, when given,
     is passed too (it normally comes from the dataset). An unknown name or argument raises
     :class:`~super_recipes.errors.RecipeError` naming the closest valid ones.
+
+    Weights (the keys of the recipe group ``checkpoint_params``): ``checkpoint_path`` loads a file,
+    ``pretrained_weights="imagenet"`` published weights (cached, see :mod:`super_recipes.models.pretrained`);
+    ``strict_load`` (``on``/``off``/``no_key_matching``), ``load_backbone`` and ``load_ema_as_net`` follow
+    :mod:`super_recipes.models.weights`. Fine-tuning rule: when ``num_classes`` differs from the checkpoint's,
+    everything but the head is loaded, even with ``strict_load=on``, and the head keys are reported. The
+    :class:`~super_recipes.models.weights.LoadReport` is logged and kept as ``model._super_recipes_load_report``.
     """
     factory = MODELS.get(name)
     params = {**_plain_mapping(arch_params), **kwargs}
@@ -40,7 +55,14 @@ def get(
                 f"remove one of them."
             )
         params["num_classes"] = num_classes
-    return call_with_kwargs(factory, params, f"model '{name}'", "arch_params")
+    model = call_with_kwargs(factory, params, f"model '{name}'", "arch_params")
+    if checkpoint_path or pretrained_weights:
+        from super_recipes.models.weights import load_initial_weights
+
+        load_initial_weights(model, {"checkpoint_path": checkpoint_path, "pretrained_weights": pretrained_weights,
+                                     "strict_load": strict_load, "load_backbone": load_backbone,
+                                     "load_ema_as_net": load_ema_as_net}, architecture=name)
+    return model
 
 
 def names() -> list[str]:

@@ -1,0 +1,115 @@
+"""A training data order that a resumed run can continue exactly, mid-epoch included, with any num_workers.
+
+Two rules make every batch a pure function of (seed, epoch, position), independent of worker processes and of
+where a run was interrupted:
+
+* the order: :class:`ResumableSampler` is ``DistributedSampler`` (a permutation seeded by ``seed + epoch``,
+  split across ranks) that can start part-way into an epoch and tags each index with its epoch;
+* the augmentations: :class:`BatchSeededDataset` seeds python, numpy and torch from (seed, epoch, first index of
+  the batch) while a batch is fetched, then puts the previous RNG states back. A plain DataLoader seeds workers
+  from the global torch RNG and lets each worker's stream run on, so after a restart the random crops and flips
+  of the remaining batches would differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` that yields ``(epoch, index)`` and can skip the first samples of an epoch."""
+
+    def __init__(self, dataset: Dataset, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0,
+                 drop_last: bool = False):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
+        self.skip = 0
+
+    def start_at(self, samples_to_skip: int) -> None:
+        """Begin the current epoch after its first ``samples_to_skip`` samples (reset by :meth:`set_epoch`)."""
+        self.skip = samples_to_skip
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        indices = list(super().__iter__())[self.skip:]
+        return iter([(epoch, index) for index in indices])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
+class BatchSeededDataset(Dataset):
+    """Wraps a map-style dataset so each batch's augmentations are seeded from (seed, epoch, first index)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[Any]:
+        epoch, first = keys[0]
+        with seeded_rngs(np.random.SeedSequence([self.seed, epoch, first]).generate_state(1)[0]):
+            return [self.dataset[index] for _, index in keys]
+
+    def __getattr__(self, name: str) -> Any:
+        # Attributes of the wrapped dataset (class_names, transforms...) stay reachable through the wrapper.
+        if name in ("dataset", "seed") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+@contextlib.contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed python, numpy and torch for the block, restoring their previous states afterwards."""
+    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
+    torch.manual_seed(int(seed))
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+
+
+def make_resumable(loader: Any, seed: int, num_replicas: int = 1, rank: int = 0) -> Any:
+    """The same DataLoader (batch size, workers, collate...) with a resumable order; other loaders unchanged.
+
+    Only DataLoaders over map-style datasets with the default samplers (``shuffle`` true or false) can be
+    rebuilt; a custom sampler or an IterableDataset is kept as given (a resumed run then replays the epoch's
+    first batches to skip them).
+    """
+    if not isinstance(loader, DataLoader) or loader.batch_size is None:
+        return loader
+    if not isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+        return loader
+    sampler = ResumableSampler(loader.dataset, shuffle=isinstance(loader.sampler, RandomSampler), seed=seed,
+                               num_replicas=num_replicas, rank=rank)
+    workers = loader.num_workers
+    return DataLoader(
+        BatchSeededDataset(loader.dataset, seed), batch_size=loader.batch_size, sampler=sampler,
+        num_workers=workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        # Its own generator: worker seeding must not draw from (and so shift) the global torch RNG.
+        generator=torch.Generator().manual_seed(seed),
+        prefetch_factor=loader.prefetch_factor if workers > 0 else None,
+        persistent_workers=loader.persistent_workers and workers > 0, pin_memory_device=loader.pin_memory_device,
+    )
