@@ -8,6 +8,7 @@ pickle of arbitrary objects).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,38 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError...)
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RecipeError(
-            f"Cannot load checkpoint {path}: {first_line}\n"
-            "Expected a file written by torch.save holding tensors and plain containers (a super_recipes "
-            "checkpoint or a state dict); files that need arbitrary pickled objects are refused."
-        ) from None
+        raise RecipeError(describe_load_failure(path, err)) from None
     if not isinstance(state, dict):
         raise RecipeError(f"Checkpoint {path} holds a {type(state).__name__}, expected a dict.")
     return state
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_TORCH_SAVE_STARTS = (b"PK\x03\x04", b"\x80")  # zip container (torch >= 1.6) or the legacy pickle stream
+
+
+def describe_load_failure(path: Path, err: Exception) -> str:
+    """One screen on what is wrong with ``path`` (empty, not a torch file, truncated, unsafe).
+
+    torch's own message suggests ``weights_only=False``, i.e. running the file's code: never repeat that advice.
+    """
+    with open(path, "rb") as f:
+        start = f.read(16)
+    text = _ANSI.sub("", str(err))
+    unsafe = _UNSUPPORTED.search(text)
+    if not start:
+        why = "the file is empty"
+    elif not start.startswith(_TORCH_SAVE_STARTS):
+        kind = "text" if all(32 <= b < 127 or b in b"\t\r\n" for b in start) else "unknown binary data"
+        why = f"not a file written by torch.save (it starts with {start!r}: {kind})"
+    elif unsafe:
+        why = (f"it needs the Python object {unsafe.group(1)}; files that need arbitrary pickled objects are "
+               "refused (weights_only=True) and nothing in it was run")
+    elif "central directory" in text or isinstance(err, EOFError) or "truncated" in text.lower():
+        why = "the file is truncated or corrupt (copy or save it again)"
+    else:
+        why = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return (f"Cannot load checkpoint {path}: {why}.\n"
+            "Expected a file written by torch.save holding tensors and plain containers (a super_recipes "
+            "checkpoint or a state dict).")

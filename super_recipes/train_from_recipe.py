@@ -83,6 +83,7 @@ def run_recipe(cfg: Any, source: RecipeSource | None = None) -> dict[str, float]
     from omegaconf.errors import OmegaConfBaseException
 
     from super_recipes import dataloaders, models
+    from super_recipes.models.weights import load_initial_weights
     from super_recipes.reproducibility import seed_everything
     from super_recipes.trainer import Trainer
     from super_recipes.training_params import parse_training_params
@@ -102,7 +103,7 @@ def run_recipe(cfg: Any, source: RecipeSource | None = None) -> dict[str, float]
 
     seed_everything(params.seed, params.deterministic)  # before the model is built: its init is seeded
     model = models.get(cfg.architecture, arch_params=cfg.get("arch_params") or {})
-    _load_initial_weights(model, cfg.get("checkpoint_params") or {})
+    load_initial_weights(model, cfg.get("checkpoint_params") or {}, architecture=cfg.architecture)
     data = cfg.get("dataset_params") or {}
     train_loader = dataloaders.get(
         cfg.get("train_dataloader"), dataset_params=data.get("train_dataset_params"),
@@ -162,18 +163,6 @@ def check_devices(cfg: Any) -> None:
     if multi_gpu == "DDP" or num_gpus > 1:
         raise RecipeError("Distributed training (multi_gpu=DDP) is not available in this version yet; "
                           "run with multi_gpu=Off num_gpus=1.")
-
-
-def _load_initial_weights(model: Any, checkpoint_params: Any) -> None:
-    path = checkpoint_params.get("checkpoint_path")
-    if not path:
-        return
-    from super_recipes.checkpoints import load_checkpoint
-
-    state = load_checkpoint(path)
-    weights = state.get("ema_net") if checkpoint_params.get("load_ema_as_net") and "ema_net" in state else None
-    weights = weights or state.get("net", state)
-    model.load_state_dict(weights, strict=bool(checkpoint_params.get("strict_load", True)))
 
 
 def _hydra_task(cfg: Any) -> None:
