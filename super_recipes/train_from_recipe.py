@@ -100,6 +100,9 @@ def run_recipe(cfg: Any, source: RecipeSource | None = None) -> dict[str, float]
     )
     check_names(cfg, params)
     check_devices(cfg)
+    from super_recipes.callbacks.loggers import configure_console_logging
+
+    configure_console_logging(silent=params.silent_mode)  # weight-loading reports print before training starts
 
     seed_everything(params.seed, params.deterministic)  # before the model is built: its init is seeded
     model = models.get(cfg.architecture, arch_params=cfg.get("arch_params") or {})

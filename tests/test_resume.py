@@ -162,6 +162,14 @@ def test_sigterm_saves_and_says_how_to_resume(workdir):
     _assert_identical(_final_state(root / "shapes_resnet")[0], _final_state(workdir / "ref" / "shapes_resnet")[0])
 
 
+def test_ctrl_c_saves_and_exits_130(workdir):
+    root = workdir / "int"
+    stopped = _run(workdir, [*BASE, f"ckpt_root_dir={root}"], kill=("train", 5, "SIGINT"))
+    assert stopped.returncode == 130, stopped.stderr
+    assert "SIGINT" in stopped.stderr.strip().splitlines()[-1] and "Traceback" not in stopped.stderr
+    assert load_checkpoint(root / "shapes_resnet" / "ckpt_latest.pth")["global_step"] == 5
+
+
 def test_resume_refuses_a_changed_recipe_and_finishes_cleanly(workdir):
     root = workdir / "ckpt"
     args = [*BASE, "epochs=1", f"ckpt_root_dir={root}"]
