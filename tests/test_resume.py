@@ -213,7 +213,8 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(checkpoints.torch, "save", failing_save)
-    with pytest.raises(RecipeError, match=r"Could not write .*ckpt_(latest|best).pth.*No space left.*previous checkpoint"):
+    expected = r"Could not write .*ckpt_(latest|best).pth.*No space left.*previous checkpoint"
+    with pytest.raises(RecipeError, match=expected):
         Trainer("full", tmp_path, device="cpu").train(
             model=torch.nn.Linear(4, 2), training_params={"max_epochs": 3, "silent_mode": True},
             train_loader=loader, valid_loader=loader)
