@@ -29,7 +29,17 @@ from super_recipes.callbacks.loggers import (
     current_lrs,
 )
 from super_recipes.checkpoints import BEST, LATEST, save_checkpoint
-from super_recipes.data.resumable import ResumableSampler, make_resumable
+from super_recipes.data.samplers import ResumableSampler, make_resumable, shard_for_evaluation
+from super_recipes.distributed import (
+    World,
+    all_reduce_mean,
+    all_reduce_sum,
+    any_rank,
+    current_world,
+    join_process_group,
+    launched_by_torchrun,
+    wrap_model,
+)
 from super_recipes.ema import ModelEMA, build_ema
 from super_recipes.errors import RecipeError, did_you_mean
 from super_recipes.interrupts import StopRequests, TrainingInterrupted
@@ -45,6 +55,8 @@ from super_recipes.training_params import TrainingParams, parse_training_params
 from super_recipes.training_state import EpochProgress, capture, put_back_rng, restore
 
 logger = logging.getLogger("super_recipes")
+
+STOP_CHECK_STEPS = 20  # under DDP, how often (optimizer steps) the ranks agree on a SIGTERM/SIGINT
 
 
 class CheckpointSaveError(RecipeError):
@@ -86,25 +98,34 @@ class Trainer:
         self.valid_batches_per_epoch: int | None = None
         self.net: torch.nn.Module | None = None
         self.ema: ModelEMA | None = None
+        self.world = World()
 
     # ------------------------------------------------------------------ training
     def train(self, model: torch.nn.Module, training_params: Any, train_loader: Iterable,
               valid_loader: Iterable | None = None, callbacks: Iterable[Callback] = ()) -> dict[str, float]:
         """Train ``model``; returns the last epoch's record (``{"valid/Accuracy": ..., ...}``)."""
         params = parse_training_params(training_params)
-        self.experiment_dir.mkdir(parents=True, exist_ok=True)
-        configure_console_logging(silent=params.silent_mode)
-        log_handler = attach_log_file(self.experiment_dir)
+        if launched_by_torchrun():
+            self.device = join_process_group(self.device)
+        self.world = current_world()
+        # Ranks other than 0 stay quiet unless they fail; only rank 0 writes the log file.
+        configure_console_logging(silent=params.silent_mode, errors_only=not self.world.is_rank_zero)
+        log_handler = None
+        if self.world.is_rank_zero:
+            self.experiment_dir.mkdir(parents=True, exist_ok=True)
+            log_handler = attach_log_file(self.experiment_dir)
         try:
             return self._train(model, params, train_loader, valid_loader, list(callbacks))
         finally:
-            logger.removeHandler(log_handler)
-            log_handler.close()
+            if log_handler is not None:
+                logger.removeHandler(log_handler)
+                log_handler.close()
 
     def _setup(self, model: torch.nn.Module, params: TrainingParams, train_loader: Iterable,
                valid_loader: Iterable | None) -> None:
         """Build everything the loop needs; every recipe mistake surfaces here, before the first step."""
-        seed_everything(params.seed, params.deterministic)
+        world = self.world
+        seed_everything(params.seed + world.rank, params.deterministic)  # ranks draw different dropout masks
         self.params = params
         self.net = model.to(self.device)
         self.optimizer = build_optimizer(self.net, params)
@@ -113,12 +134,13 @@ class Trainer:
             self.loss_fn = self.loss_fn.to(self.device)
         self.train_metrics = self._metrics(params.train_metrics_list, "training_hyperparams.train_metrics_list")
         self.valid_metrics = self._metrics(params.valid_metrics_list, "training_hyperparams.valid_metrics_list")
-        self.valid_loader = valid_loader
-        self.train_loader = make_resumable(train_loader, params.seed)
+        self.full_valid_loader = valid_loader
+        self.valid_loader = shard_for_evaluation(valid_loader, world.size, world.rank) if valid_loader else None
+        self.train_loader = make_resumable(train_loader, params.seed, world.size, world.rank)
         self.recipe_yaml = _recipe_yaml(self.recipe)
         self.params_yaml = _recipe_yaml(params.to_dict())
         self.train_batches_per_epoch = _batches(self.train_loader, params.max_train_batches)
-        self.valid_batches_per_epoch = _batches(valid_loader, params.max_valid_batches) if valid_loader else 0
+        self.valid_batches_per_epoch = _batches(self.valid_loader, params.max_valid_batches) if valid_loader else 0
         if not self.train_batches_per_epoch:
             raise RecipeError("The training dataloader is empty (or max_train_batches is 0).")
         if params.batch_accumulate < 1:
@@ -129,13 +151,14 @@ class Trainer:
         amp_dtype = amp_dtype_for(params, self.device)
         self.autocast = autocast_factory(self.device, amp_dtype)
         self.scaler = grad_scaler_for(self.device, amp_dtype)
-        self.forward_net = self.net
+        self.forward_net = wrap_model(self.net, world, self.device, params.sync_bn, params.find_unused_parameters)
         if params.torch_compile:
-            self.forward_net = torch.compile(self.net, **dict(params.torch_compile_options or {}))
+            self.forward_net = torch.compile(self.forward_net, **dict(params.torch_compile_options or {}))
 
     def _train(self, model: torch.nn.Module, params: TrainingParams, train_loader: Iterable,
                valid_loader: Iterable | None, extra_callbacks: list[Callback]) -> dict[str, float]:
         self._setup(model, params, train_loader, valid_loader)
+        valid_loader = self.valid_loader
         watch = params.metric_to_watch.removeprefix("valid/")
         expected_names = _expected_loss_names(params, self.loss_fn)
         if valid_loader is not None and expected_names is not None:
@@ -147,7 +170,7 @@ class Trainer:
             net=self.net, eval_net=self.ema.module if self.ema else self.net, ema=self.ema,
             optimizer=self.optimizer, training_params=params, device=self.device,
             experiment_dir=self.experiment_dir, max_epochs=params.max_epochs, steps_per_epoch=self.steps_per_epoch,
-            metric_to_watch=watch, trainer=self,
+            metric_to_watch=watch, trainer=self, is_rank_zero=self.world.is_rank_zero,
         )
         point = None
         resume_path = resume_checkpoint_path(params, self.experiment_dir)
@@ -172,8 +195,8 @@ class Trainer:
                 ctx.epoch = epoch
                 progress = point.progress if point is not None and epoch == point.epoch else EpochProgress()
                 record = self._run_epoch(ctx, callbacks, progress, valid_loader)
-                if self._stops.signum is not None:
-                    raise TrainingInterrupted(self._stops.signum, self.experiment_dir / LATEST)
+                if self._stop_requested(check=True):
+                    raise TrainingInterrupted(self._stops.signum or 15, self.experiment_dir / LATEST)
                 if ctx.stop_training:
                     logger.info(f"Training stopped early after epoch {epoch + 1}.")
                     break
@@ -200,7 +223,7 @@ class Trainer:
             callbacks.on_validation_end_best_epoch(ctx)
         callbacks.on_epoch_end(ctx)
         self._last_record = record
-        if params.save_model or self._stops.signum is not None:
+        if params.save_model or self._stop_requested(check=True):
             # After on_epoch_end, so every callback's state for this epoch is saved.
             self._save(ctx, callbacks, record, improved)
         return record
@@ -210,7 +233,7 @@ class Trainer:
         net, device, optimizer, scaler = self.forward_net, self.device, self.optimizer, self.scaler
         params, loss_fn, metrics, autocast = self.params, self.loss_fn, self.train_metrics, self.autocast
         num_batches, accumulate = self.train_batches_per_epoch, params.batch_accumulate
-        clip, save_every, stops = params.clip_grad_norm, params.ckpt_every_n_steps, self._stops
+        clip, save_every = params.clip_grad_norm, params.ckpt_every_n_steps
         batches = self._epoch_batches(ctx.epoch, progress.start_batch)
         self.net.train()
         items = progress.items
@@ -258,12 +281,17 @@ class Trainer:
                 metric.update(preds.detach(), targets)
             items.append(loss_items)
             callbacks.on_train_batch_end(ctx)
-            if is_step and (stops.signum is not None or (save_every and ctx.global_step % save_every == 0)):
+            if not is_step:
+                continue
+            # Under DDP the ranks agree on stopping every STOP_CHECK_STEPS steps (a collective); alone, every step.
+            stop = self._stop_requested(check=not self.world.is_distributed
+                                        or ctx.global_step % STOP_CHECK_STEPS == 0)
+            if stop or (save_every and ctx.global_step % save_every == 0):
                 progress.elapsed = time.perf_counter() - started
                 self._save_mid_epoch(ctx, callbacks, batch_idx + 1, progress)
-                if stops.signum is not None:
-                    raise TrainingInterrupted(stops.signum, self.experiment_dir / LATEST)
-        results = {**epoch_lrs, **_mean_items(items, ctx.loss_names, "train")}
+            if stop:
+                raise TrainingInterrupted(self._stops.signum or 15, self.experiment_dir / LATEST)
+        results = {**epoch_lrs, **_mean_items(items, ctx.loss_names, "train", self.world)}
         results.update(compute_metrics(metrics, "train"))
         ctx.metrics = results
         callbacks.on_train_loader_end(ctx)
@@ -278,11 +306,14 @@ class Trainer:
     @torch.inference_mode()
     def _evaluate(self, net: torch.nn.Module, loader: Iterable, metrics: dict, max_batches: int | None,
                   prefix: str, ctx: PhaseContext | None = None, callbacks: CallbackList | None = None,
-                  loss_fn: Any = "train") -> dict[str, float]:
+                  loss_fn: Any = "train", world: World | None = None) -> dict[str, float]:
         """One pass over ``loader``: loss items and metrics as ``{prefix/name: value}``.
 
         ``prefix`` "valid" fires the validation events, "test" the test events (when callbacks are given).
+        Loss items are averaged per sample; under DDP each rank sees its own shard and the sums are reduced
+        (``world``: the ranks taking part; a single-process World for rank-0-only evaluations).
         """
+        world = world or getattr(self, "world", World())
         loss_fn = self.loss_fn if loss_fn == "train" else loss_fn
         phase = "validation" if prefix == "valid" else "test"
         fire = (lambda event: getattr(callbacks, f"on_{phase}_{event}")) if callbacks else (lambda event: _no_event)
@@ -291,7 +322,8 @@ class Trainer:
         autocast = getattr(self, "autocast", _no_autocast)
         was_training = net.training
         net.eval()
-        items: list[torch.Tensor] = []
+        item_sums: torch.Tensor | float = 0.0
+        samples = 0
         fire("loader_start")(ctx)
         for batch_idx, (inputs, targets) in enumerate(loader):
             if max_batches is not None and batch_idx >= max_batches:
@@ -303,14 +335,18 @@ class Trainer:
                 preds = net(inputs)
                 if loss_fn is not None:
                     ctx.loss_items = split_loss_output(loss_fn(preds, targets))[1]
-                    items.append(ctx.loss_items)
+                    item_sums = item_sums + ctx.loss_items.float() * _batch_size(inputs)
+            samples += _batch_size(inputs)
             ctx.preds = preds
             for metric in metrics.values():
                 metric.update(preds, targets)
             on_batch_end(ctx)
-        configured = self.params.loss_logging_items_names if loss_fn is getattr(self, "loss_fn", None) else None
-        names = ctx.loss_names or (loss_item_names(loss_fn, configured, items[0].numel()) if items else [])
-        results = _mean_items(items, names, prefix)
+        results: dict[str, float] = {}
+        if isinstance(item_sums, torch.Tensor):
+            configured = self.params.loss_logging_items_names if loss_fn is getattr(self, "loss_fn", None) else None
+            names = ctx.loss_names or loss_item_names(loss_fn, configured, item_sums.numel())
+            totals = all_reduce_sum(torch.cat([item_sums, item_sums.new_tensor([samples])]), world)
+            results = {f"{prefix}/{n}": v for n, v in zip(names, (totals[:-1] / totals[-1]).tolist(), strict=True)}
         results.update(compute_metrics(metrics, prefix))
         ctx.metrics = results
         fire("loader_end")(ctx)
@@ -322,17 +358,22 @@ class Trainer:
 
         Used for models built after training, such as ``average_model.pth``.
         """
-        loader = loader if loader is not None else self.valid_loader
+        loader = loader if loader is not None else self.full_valid_loader
         metrics = self._metrics(self.params.valid_metrics_list, "training_hyperparams.valid_metrics_list")
-        return self._evaluate(net.to(self.device), loader, metrics, self.valid_batches_per_epoch, "valid")
+        for metric in metrics.values():
+            metric.sync_on_compute = False  # may run on rank 0 alone: no collective operations
+        return self._evaluate(net.to(self.device), loader, metrics, self.params.max_valid_batches, "valid",
+                              world=World())
 
     def test(self, model: torch.nn.Module, test_loader: Iterable, test_metrics_list: Any = ("Accuracy",),
              loss: Any = None, callbacks: Iterable[Callback] = ()) -> dict[str, float]:
         """Evaluate ``model`` on ``test_loader``; returns ``{"test/<metric>": value, ...}``."""
         metrics = self._metrics(list(test_metrics_list), "test_metrics_list")
+        for metric in metrics.values():
+            metric.sync_on_compute = False  # test() evaluates the loader it is given, in this process
         loss_fn = build_loss(loss) if loss is not None else None
         return self._evaluate(model.to(self.device), test_loader, metrics, None, "test",
-                              callbacks=CallbackList(list(callbacks)), loss_fn=loss_fn)
+                              callbacks=CallbackList(list(callbacks)), loss_fn=loss_fn, world=World())
 
     def _metrics(self, specs: Any, where: str) -> dict:
         return {name: metric.to(self.device) for name, metric in build_metrics(specs, where).items()}
@@ -372,7 +413,15 @@ class Trainer:
         record = getattr(self, "_last_record", {})
         self._write(capture(self, ctx, callbacks, record, ctx.epoch, next_batch, progress), [LATEST])
 
+    def _stop_requested(self, check: bool) -> bool:
+        """Whether a SIGTERM/SIGINT asks to stop; under DDP every rank takes the decision together."""
+        if not check:
+            return False
+        return any_rank(self._stops.signum is not None, self.world, self.device)
+
     def _write(self, state: dict[str, Any], names: list[str]) -> None:
+        if not self.world.is_rank_zero:
+            return
         for name in names:
             path = self.experiment_dir / name
             try:
@@ -399,9 +448,10 @@ class Trainer:
             from super_recipes.callbacks.averaging import build_model_averaging
 
             services.append(build_model_averaging(params))
-        if not params.silent_mode and sys.stderr.isatty():
-            services.append(ProgressBar())
-        services += [EpochSummary(), TensorBoardLogger(params.log_every_n_steps), MetricsCSV()]
+        if self.world.is_rank_zero:
+            if not params.silent_mode and sys.stderr.isatty():
+                services.append(ProgressBar())
+            services += [EpochSummary(), TensorBoardLogger(params.log_every_n_steps), MetricsCSV()]
         return services
 
     def _user_callbacks(self, params: TrainingParams) -> list[Callback]:
@@ -442,11 +492,18 @@ def _batches(loader: Iterable | None, limit: int | None) -> int | None:
     return count
 
 
-def _mean_items(items: list[torch.Tensor], names: list[str], prefix: str) -> dict[str, float]:
+def _mean_items(items: list[torch.Tensor], names: list[str], prefix: str, world: World) -> dict[str, float]:
+    """The epoch mean of each loss item (mean of the batch values), averaged over the ranks."""
     if not items:
         return {}
-    means = torch.stack(items).float().mean(dim=0).tolist()
+    means = all_reduce_mean(torch.stack(items).float().mean(dim=0), world).tolist()
     return {f"{prefix}/{name}": value for name, value in zip(names, means, strict=True)}
+
+
+def _batch_size(inputs: Any) -> int:
+    if isinstance(inputs, torch.Tensor):
+        return int(inputs.shape[0])
+    return len(inputs)
 
 
 def _expected_loss_names(params: TrainingParams, loss_fn: Any) -> list[str] | None:

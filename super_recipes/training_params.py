@@ -47,6 +47,8 @@ class TrainingParams:
     clip_grad_norm: Any = None
     torch_compile: bool = False
     torch_compile_options: dict[str, Any] = field(default_factory=dict)
+    sync_bn: bool = False
+    find_unused_parameters: bool = False
 
     train_metrics_list: Any = field(default_factory=list)
     valid_metrics_list: Any = field(default_factory=lambda: ["Accuracy"])

@@ -4,7 +4,7 @@ A checkpoint is a point *between* optimizer steps: either the end of an epoch or
 or a SIGTERM, the middle of one. Beyond weights and optimizer state it keeps where to continue (epoch and
 micro-batch), the epoch's partial loss sums and metric states (so ``metrics.csv`` is identical), every callback's
 state (LR scheduler position, early stopping, averaging), EMA weights and step, the grad scaler, the best metric
-and the RNG states. The data order needs no state of its own: :mod:`super_recipes.data.resumable` makes every
+and the RNG states. The data order needs no state of its own: :mod:`super_recipes.data.samplers` makes every
 batch a function of (seed, epoch, position).
 """
 
@@ -18,6 +18,8 @@ import torch
 
 from super_recipes.callbacks.base import CallbackList, PhaseContext
 from super_recipes.checkpoints import load_checkpoint
+from super_recipes.distributed import gather_to_all
+from super_recipes.errors import RecipeError
 from super_recipes.reproducibility import restore_rng_states, rng_states
 from super_recipes.resume import check_same_run
 
@@ -48,16 +50,17 @@ def capture(trainer: Any, ctx: PhaseContext, callbacks: CallbackList, record: di
         "callbacks": callbacks.state_dict(),
         "recipe": trainer.recipe_yaml,
         "training_params": trainer.params_yaml,
-        "rng": rng_states(),
         "resume": {"epoch": next_epoch, "batch": next_batch},
     }
+    # What differs between ranks (RNG streams, their share of the epoch's sums) is kept per rank.
+    rank_state: dict[str, Any] = {"rng": rng_states()}
     if progress is not None and next_batch > 0:
-        state["resume"].update(
-            items=torch.stack(progress.items) if progress.items else None, lrs=progress.lrs,
-            elapsed=progress.elapsed, loss_names=list(ctx.loss_names),
-            train_metrics={name: {"state": m.metric_state, "updates": m._update_count}
-                           for name, m in trainer.train_metrics.items()},
-        )
+        state["resume"].update(lrs=progress.lrs, elapsed=progress.elapsed, loss_names=list(ctx.loss_names))
+        rank_state["items"] = torch.stack(progress.items).cpu() if progress.items else None
+        rank_state["train_metrics"] = {
+            name: {"state": _to_cpu(m.metric_state), "updates": m._update_count}
+            for name, m in trainer.train_metrics.items()}
+    state["rank_states"] = gather_to_all(rank_state, trainer.world)
     if trainer.ema is not None:
         state["ema_net"], state["ema_updates"] = trainer.ema.module.state_dict(), trainer.ema.updates
     if trainer.scaler is not None:
@@ -91,23 +94,38 @@ def restore(trainer: Any, ctx: PhaseContext, callbacks: CallbackList, path: Any,
     callbacks.load_state_dict(state.get("callbacks", {}))
     ctx.global_step, ctx.best_metric = int(state["global_step"]), state.get("acc")
     resume = state.get("resume") or {"epoch": int(state["epoch"]) + 1, "batch": 0}
+    rank_states = state.get("rank_states") or [{}]
+    world = trainer.world
+    if len(rank_states) != world.size:
+        raise RecipeError(f"Cannot resume from {path}: it was written by {len(rank_states)} process(es) and this "
+                          f"run has {world.size}; resume with the same num_gpus.")
+    mine = rank_states[world.rank]
     progress = EpochProgress(start_batch=int(resume["batch"]))
     if progress.start_batch:
-        items = resume.get("items")
-        progress.items = list(items.unbind(0)) if items is not None else []
+        items = mine.get("items")
+        progress.items = list(items.to(trainer.device).unbind(0)) if items is not None else []
         progress.lrs, progress.elapsed = dict(resume.get("lrs", {})), float(resume.get("elapsed", 0.0))
         ctx.loss_names = list(resume.get("loss_names", []))
-        for name, saved in resume.get("train_metrics", {}).items():
+        for name, saved in mine.get("train_metrics", {}).items():
             metric = trainer.train_metrics[name]
             for key, value in saved["state"].items():
                 setattr(metric, key, value.to(trainer.device) if isinstance(value, torch.Tensor) else value)
             metric._update_count = saved["updates"]  # torchmetrics warns on compute() when this is 0
-    return ResumePoint(int(resume["epoch"]), progress, state["rng"], dict(state.get("metrics") or {}))
+    return ResumePoint(int(resume["epoch"]), progress, mine.get("rng"), dict(state.get("metrics") or {}))
 
 
 def put_back_rng(point: ResumePoint) -> None:
     """Restore the RNG states of the checkpoint: call right before the first resumed step."""
-    restore_rng_states(point.rng)
+    if point.rng is not None:
+        restore_rng_states(point.rng)
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
 
 
 def _run_description(state: dict[str, Any]) -> dict[str, Any] | None:

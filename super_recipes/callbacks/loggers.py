@@ -37,7 +37,7 @@ def attach_log_file(experiment_dir: Path) -> logging.Handler:
     return handler
 
 
-def configure_console_logging(silent: bool = False) -> None:
+def configure_console_logging(silent: bool = False, errors_only: bool = False) -> None:
     """Print the ``super_recipes`` logger's messages to stderr; ``silent`` keeps only warnings and errors.
 
     The log file handler is separate, so a silent run still writes its ``train.log``.
@@ -48,7 +48,7 @@ def configure_console_logging(silent: bool = False) -> None:
         console.setFormatter(logging.Formatter("%(message)s"))
         console._super_recipes_console = True  # type: ignore[attr-defined]
         logger.addHandler(console)
-    console.setLevel(logging.WARNING if silent else logging.INFO)
+    console.setLevel(logging.ERROR if errors_only else logging.WARNING if silent else logging.INFO)
     logger.setLevel(logging.INFO)
     logger.propagate = False
 

@@ -1,4 +1,6 @@
-"""A training data order that a resumed run can continue exactly, mid-epoch included, with any num_workers.
+"""How the data is ordered and split between processes: a resumable training order, unpadded evaluation shards.
+
+A training data order that a resumed run can continue exactly, mid-epoch included, with any num_workers.
 
 Two rules make every batch a pure function of (seed, epoch, position), independent of worker processes and of
 where a run was interrupted:
@@ -9,6 +11,9 @@ where a run was interrupted:
   the batch) while a batch is fetched, then puts the previous RNG states back. A plain DataLoader seeds workers
   from the global torch RNG and lets each worker's stream run on, so after a restart the random crops and flips
   of the remaining batches would differ.
+
+Evaluation under DDP uses :class:`EvalShardSampler`: each rank takes every ``world``-th sample with no padding,
+so every validation sample is counted exactly once (``DistributedSampler`` repeats samples to even the shards).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 
 class ResumableSampler(DistributedSampler):
@@ -96,18 +101,44 @@ def make_resumable(loader: Any, seed: int, num_replicas: int = 1, rank: int = 0)
     rebuilt; a custom sampler or an IterableDataset is kept as given (a resumed run then replays the epoch's
     first batches to skip them).
     """
-    if not isinstance(loader, DataLoader) or loader.batch_size is None:
-        return loader
-    if not isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+    if not _rebuildable(loader):
         return loader
     sampler = ResumableSampler(loader.dataset, shuffle=isinstance(loader.sampler, RandomSampler), seed=seed,
                                num_replicas=num_replicas, rank=rank)
+    return _rebuild(loader, BatchSeededDataset(loader.dataset, seed), sampler, seed)
+
+
+class EvalShardSampler(Sampler):
+    """Samples ``rank, rank + world, rank + 2 world, ...``: shards that cover the dataset exactly once."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        self.indices = list(range(rank, len(dataset), num_replicas))  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def shard_for_evaluation(loader: Any, num_replicas: int, rank: int) -> Any:
+    """This rank's shard of an evaluation loader (the loader itself in a single process or when not rebuildable)."""
+    if num_replicas == 1 or not _rebuildable(loader):
+        return loader
+    return _rebuild(loader, loader.dataset, EvalShardSampler(loader.dataset, num_replicas, rank), seed=0)
+
+
+def _rebuildable(loader: Any) -> bool:
+    return (isinstance(loader, DataLoader) and loader.batch_size is not None
+            and isinstance(loader.sampler, (RandomSampler, SequentialSampler)))
+
+
+def _rebuild(loader: DataLoader, dataset: Dataset, sampler: Sampler, seed: int) -> DataLoader:
     workers = loader.num_workers
     return DataLoader(
-        BatchSeededDataset(loader.dataset, seed), batch_size=loader.batch_size, sampler=sampler,
-        num_workers=workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
+        dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=workers, collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory, drop_last=loader.drop_last, timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
         # Its own generator: worker seeding must not draw from (and so shift) the global torch RNG.
         generator=torch.Generator().manual_seed(seed),
         prefetch_factor=loader.prefetch_factor if workers > 0 else None,
