@@ -70,6 +70,20 @@ def join_process_group(device: torch.device) -> torch.device:
     return device
 
 
+def leave_process_group(success: bool) -> None:
+    """Wait for every rank (after a successful run), then tear the group down before the interpreter exits.
+
+    Exiting with a live gloo/NCCL group lets its threads be destroyed mid-flight (``terminate called without an
+    active exception``), which the launcher reports as a crashed worker.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if success:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def requested_processes(cfg: Any) -> int:
     """How many processes ``multi_gpu`` / ``num_gpus`` / ``device`` ask for on this machine (1: no DDP)."""
     multi_gpu, num_gpus = str(cfg.get("multi_gpu", "Off")), int(cfg.get("num_gpus", 1))
@@ -108,6 +122,8 @@ def launch_workers(num_processes: int, recipe_dir: str, recipe_name: str) -> int
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    # torchrun would set 1 thread per worker and print a warning; share this machine's cores instead.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
     args = get_args_parser().parse_args([
         "--nnodes=1", f"--nproc-per-node={num_processes}", "--rdzv-backend=static", "--node-rank=0",
         "--master-addr=127.0.0.1", f"--master-port={free_port()}", "--max-restarts=0", "--monitor-interval=0.2",
@@ -163,6 +179,20 @@ def any_rank(flag: bool, world: World, device: torch.device) -> bool:
         return flag
     value = all_reduce_sum(torch.tensor([float(flag)], device=device), world)
     return bool(value.item() > 0)
+
+
+def broadcast_buffers(module: torch.nn.Module, world: World) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics) before validation.
+
+    DDP broadcasts buffers at the start of each training forward, so after an epoch's last step every rank holds
+    the statistics of its own last batch; validating with them would score each shard with a different model.
+    """
+    if not world.is_distributed:
+        return
+    import torch.distributed as dist
+
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def wrap_model(net: torch.nn.Module, world: World, device: torch.device, sync_bn: bool,

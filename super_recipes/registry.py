@@ -222,10 +222,15 @@ def build_list(registry: Registry, specs: Any, where: str = "") -> list[Any]:
 
 def call_with_kwargs(factory: Callable, kwargs: dict[str, Any], what: str, where: str = "") -> Any:
     """Call ``factory(**kwargs)``, turning an unknown or missing argument into a RecipeError naming it."""
+    check_arguments(factory, kwargs, what, where)
+    return factory(**kwargs)
+
+
+def check_arguments(factory: Callable, kwargs: dict[str, Any], what: str, where: str = "") -> None:
+    """Refuse unknown or missing keyword arguments of ``factory`` without calling it."""
     problem = _argument_problem(factory, kwargs)
     if problem:
         raise RecipeError(f"Bad arguments for {what}{f' at {where}' if where else ''}: {problem}")
-    return factory(**kwargs)
 
 
 def _argument_problem(factory: Callable, kwargs: dict[str, Any]) -> str:

@@ -99,10 +99,15 @@ def run_recipe(cfg: Any, source: RecipeSource | None = None) -> dict[str, float]
         origin=(lambda key: source.origin(f"training_hyperparams.{key}")) if source else None,
     )
     check_names(cfg, params)
-    check_devices(cfg)
+    processes = check_devices(cfg)
     from super_recipes.callbacks.loggers import configure_console_logging
 
-    configure_console_logging(silent=params.silent_mode)  # weight-loading reports print before training starts
+    # Weight-loading reports print before training starts; ranks other than 0 stay quiet.
+    configure_console_logging(silent=params.silent_mode, errors_only=os.environ.get("RANK", "0") != "0")
+    from super_recipes.distributed import launched_by_torchrun
+
+    if processes > 1 and not launched_by_torchrun():
+        return _launch_distributed(cfg, processes)
 
     seed_everything(params.seed, params.deterministic)  # before the model is built: its init is seeded
     model = models.get(cfg.architecture, arch_params=cfg.get("arch_params") or {})
@@ -120,14 +125,33 @@ def run_recipe(cfg: Any, source: RecipeSource | None = None) -> dict[str, float]
         )
     trainer = Trainer(cfg.get("experiment_name") or cfg.architecture, cfg.get("ckpt_root_dir"),
                       device=cfg.get("device"), recipe=cfg)
-    trainer.experiment_dir.mkdir(parents=True, exist_ok=True)
-    (trainer.experiment_dir / RECIPE_FILE_NAME).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if launched_by_torchrun():
+        from super_recipes.distributed import leave_process_group
+
+        success = False
+        try:
+            record = _train_with(trainer, cfg, model, params, train_loader, valid_loader)
+            success = True
+            return record
+        finally:
+            leave_process_group(success)
+    return _train_with(trainer, cfg, model, params, train_loader, valid_loader)
+
+
+def _train_with(trainer: Any, cfg: Any, model: Any, params: Any, train_loader: Any, valid_loader: Any) -> dict:
+    from omegaconf import OmegaConf
+
+    if os.environ.get("RANK", "0") == "0":
+        trainer.experiment_dir.mkdir(parents=True, exist_ok=True)
+        (trainer.experiment_dir / RECIPE_FILE_NAME).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return trainer.train(model=model, training_params=params, train_loader=train_loader,
                          valid_loader=valid_loader)
 
 
 def check_names(cfg: Any, params: Any) -> None:
     """Look up every registry name the recipe uses, so a typo fails before anything heavy is built."""
+    from omegaconf import OmegaConf
+
     from super_recipes.registry import (
         CALLBACKS,
         DATALOADERS,
@@ -135,10 +159,13 @@ def check_names(cfg: Any, params: Any) -> None:
         METRICS,
         MODELS,
         OPTIMIZERS,
+        check_arguments,
         split_spec,
     )
 
-    MODELS.get(cfg.architecture, "architecture")
+    arch_params = OmegaConf.to_container(cfg.get("arch_params") or OmegaConf.create({}), resolve=True)
+    check_arguments(MODELS.get(cfg.architecture, "architecture"), arch_params, f"model '{cfg.architecture}'",
+                    "arch_params")
     for key in ("train_dataloader", "val_dataloader"):
         if cfg.get(key):
             DATALOADERS.get(cfg[key], key)
@@ -155,17 +182,28 @@ def check_names(cfg: Any, params: Any) -> None:
             split_spec(spec, registry, f"training_hyperparams.{key}[{i}]")
 
 
-def check_devices(cfg: Any) -> None:
-    """``device``, ``num_gpus``, ``multi_gpu``: refuse combinations this process cannot run."""
+def check_devices(cfg: Any) -> int:
+    """``device``, ``num_gpus``, ``multi_gpu``: refuse what cannot run; returns the processes to launch here."""
+    from super_recipes.distributed import requested_processes
     from super_recipes.trainer import resolve_device
 
     resolve_device(cfg.get("device"))
-    multi_gpu, num_gpus = str(cfg.get("multi_gpu", "Off")), cfg.get("num_gpus", 1)
-    if multi_gpu == "Off" and num_gpus > 1:
-        raise RecipeError(f"num_gpus={num_gpus} with multi_gpu=Off: set multi_gpu=DDP to train on several devices.")
-    if multi_gpu == "DDP" or num_gpus > 1:
-        raise RecipeError("Distributed training (multi_gpu=DDP) is not available in this version yet; "
-                          "run with multi_gpu=Off num_gpus=1.")
+    return requested_processes(cfg)
+
+
+def _launch_distributed(cfg: Any, processes: int) -> dict[str, float]:
+    """Resolve the experiment folder once, write the resolved recipe there, and run it as ``processes`` workers."""
+    from omegaconf import OmegaConf
+
+    from super_recipes.distributed import launch_workers
+
+    folder = (Path(cfg.get("ckpt_root_dir") or "checkpoints") / (cfg.get("experiment_name") or cfg.architecture))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RECIPE_FILE_NAME).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    status = launch_workers(processes, str(folder.resolve()), Path(RECIPE_FILE_NAME).stem)
+    if status:
+        raise SystemExit(status)
+    return {}
 
 
 def _hydra_task(cfg: Any) -> None:

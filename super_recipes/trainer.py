@@ -35,6 +35,7 @@ from super_recipes.distributed import (
     all_reduce_mean,
     all_reduce_sum,
     any_rank,
+    broadcast_buffers,
     current_world,
     join_process_group,
     launched_by_torchrun,
@@ -214,6 +215,7 @@ class Trainer:
         valid_names = [f"valid/{n}" for n in ctx.loss_names] + [f"valid/{n}" for n in self.valid_metrics]
         record.update(dict.fromkeys(valid_names, math.nan))
         if validate:
+            broadcast_buffers(ctx.eval_net, self.world)
             record.update(self._evaluate(ctx.eval_net, valid_loader, self.valid_metrics,
                                          self.valid_batches_per_epoch, "valid", ctx, callbacks))
         record["epoch_time"] = time.perf_counter() - started

@@ -89,8 +89,8 @@ def workdir(tmp_path) -> Path:
 
 # Kill points (event, global optimizer step): mid-epoch right after a step checkpoint, mid-epoch between two,
 # during validation, at an epoch's end before its checkpoint, and several kills in one run.
-PLAIN_KILLS = [[("train", 3)], [("valid", 7)], [("train", 9), ("epoch_end", 14)]]
-EMA_KILLS = [[("train", 3)], [("epoch_end", 4)], [("train", 6), ("valid", 8)]]
+PLAIN_KILLS = [[("valid", 7)], [("train", 3), ("train", 9), ("epoch_end", 14)]]
+EMA_KILLS = [[("epoch_end", 4)], [("train", 3), ("valid", 8)]]
 
 
 @pytest.mark.parametrize("config, kills", [
