@@ -1,6 +1,8 @@
 """Metrics (``train_metrics_list`` / ``valid_metrics_list``): torchmetrics objects, by registered name.
 
 Any ``torchmetrics`` class is usable by name with its arguments (``{MulticlassF1Score: {num_classes: 10}}``).
+A batch may carry a third element, a dict of extras (``(inputs, targets, extras)``); a metric that sets
+``accepts_batch_extras = True`` receives them as keyword arguments of ``update``.
 ``Accuracy`` and ``Top5`` are registered as top-k accuracies over logits that need no ``num_classes``: the
 torchmetrics classification metrics require the class count up front, which a recipe should not have to repeat.
 """
@@ -77,6 +79,15 @@ def build_metrics(specs: Any, where: str) -> dict[str, torchmetrics.Metric]:
         unique = name if name not in metrics else f"{name}_{i}"
         metrics[unique] = metric
     return metrics
+
+
+def update_metric(metric: torchmetrics.Metric, preds: Any, targets: Any, extras: dict | None) -> None:
+    """``metric.update(preds, targets)``; metrics with ``accepts_batch_extras = True`` also get the batch's
+    extras as keyword arguments (the third element of a batch, e.g. crowd boxes and image shapes in detection)."""
+    if extras is not None and getattr(metric, "accepts_batch_extras", False):
+        metric.update(preds, targets, **extras)
+    else:
+        metric.update(preds, targets)
 
 
 def compute_metrics(metrics: dict[str, torchmetrics.Metric], prefix: str) -> dict[str, float]:

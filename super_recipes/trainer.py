@@ -45,7 +45,7 @@ from super_recipes.ema import ModelEMA, build_ema
 from super_recipes.errors import RecipeError, did_you_mean
 from super_recipes.interrupts import StopRequests, TrainingInterrupted
 from super_recipes.losses import build_loss, loss_item_names, split_loss_output
-from super_recipes.metrics import build_metrics, compute_metrics
+from super_recipes.metrics import build_metrics, compute_metrics, update_metric
 from super_recipes.optimizers import build_optimizer
 from super_recipes.precision import amp_dtype_for, autocast_factory, grad_scaler_for
 from super_recipes.registry import CALLBACKS, build_list
@@ -242,10 +242,11 @@ class Trainer:
         callbacks.on_train_loader_start(ctx)
         # The rates of the epoch's first step, once the schedule has set them (kept across a mid-epoch resume).
         progress.lrs = epoch_lrs = progress.lrs or current_lrs(optimizer)
-        for batch_idx, (inputs, targets) in batches:
+        for batch_idx, batch in batches:
             if batch_idx >= num_batches:
                 break
-            inputs, targets = to_device(inputs, device), to_device(targets, device)
+            inputs, targets = to_device(batch[0], device), to_device(batch[1], device)
+            ctx.batch_extras = to_device(batch[2], device) if len(batch) > 2 else None
             group_start = batch_idx - batch_idx % accumulate
             group_size = min(accumulate, num_batches - group_start)
             is_step = batch_idx + 1 == group_start + group_size
@@ -280,7 +281,7 @@ class Trainer:
                     self.ema.update(self.net)
                 callbacks.on_train_batch_gradient_step_end(ctx)
             for metric in metrics.values():
-                metric.update(preds.detach(), targets)
+                update_metric(metric, preds.detach(), targets, ctx.batch_extras)
             items.append(loss_items)
             callbacks.on_train_batch_end(ctx)
             if not is_step:
@@ -327,10 +328,11 @@ class Trainer:
         item_sums: torch.Tensor | float = 0.0
         samples = 0
         fire("loader_start")(ctx)
-        for batch_idx, (inputs, targets) in enumerate(loader):
+        for batch_idx, batch in enumerate(loader):
             if max_batches is not None and batch_idx >= max_batches:
                 break
-            inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
+            inputs, targets = to_device(batch[0], self.device), to_device(batch[1], self.device)
+            ctx.batch_extras = to_device(batch[2], self.device) if len(batch) > 2 else None
             ctx.batch_idx, ctx.inputs, ctx.targets = batch_idx, inputs, targets
             on_batch_start(ctx)
             with autocast():
@@ -341,7 +343,7 @@ class Trainer:
             samples += _batch_size(inputs)
             ctx.preds = preds
             for metric in metrics.values():
-                metric.update(preds, targets)
+                update_metric(metric, preds, targets, ctx.batch_extras)
             on_batch_end(ctx)
         results: dict[str, float] = {}
         if isinstance(item_sums, torch.Tensor):

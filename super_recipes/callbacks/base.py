@@ -72,6 +72,7 @@ class PhaseContext:
     steps_per_epoch: int = 0  # optimizer steps per epoch
     inputs: Any = None
     targets: Any = None
+    batch_extras: Any = None  # the third element of a batch, when the collate function returns one (a dict)
     preds: Any = None
     loss: Any = None
     loss_items: Any = None  # 1-D tensor, one value per name in loss_names
