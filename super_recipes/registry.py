@@ -30,11 +30,15 @@ Fallback = Callable[[], Mapping[str, Any]]
 class Registry:
     """A named table of objects (classes or factory functions)."""
 
-    def __init__(self, kind: str, builtin_modules: Iterable[str] = (), fallback: Fallback | None = None):
+    def __init__(self, kind: str, builtin_modules: Iterable[str] = (), fallback: Fallback | None = None,
+                 on_demand_modules: Iterable[str] = ()):
         self.kind = kind
         self._entries: dict[str, Any] = {}
         self._builtin_modules = tuple(builtin_modules)
         self._builtins_loaded = False
+        # Heavier built-ins (detection) are imported only when a name is not found among the others.
+        self._on_demand_modules = tuple(on_demand_modules)
+        self._on_demand_loaded = False
         self._fallback = fallback
         self._fallback_entries: Mapping[str, Any] | None = None
 
@@ -64,6 +68,16 @@ class Registry:
             for module in self._builtin_modules:
                 importlib.import_module(module)
 
+    def _load_on_demand(self) -> None:
+        if not self._on_demand_loaded:
+            self._on_demand_loaded = True
+            for module in self._on_demand_modules:
+                importlib.import_module(module)
+
+    @property
+    def on_demand_modules(self) -> tuple[str, ...]:
+        return self._on_demand_modules
+
     def _fallbacks(self) -> Mapping[str, Any]:
         if self._fallback is None:
             return {}
@@ -73,11 +87,14 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         self._load_builtins()
+        if name not in self._entries:
+            self._load_on_demand()
         return name in self._entries or name in self._fallbacks()
 
     def names(self, include_fallback: bool = True) -> list[str]:
         """All names this registry resolves, sorted."""
         self._load_builtins()
+        self._load_on_demand()
         names = set(self._entries)
         if include_fallback:
             names.update(self._fallbacks())
@@ -88,6 +105,8 @@ class Registry:
         if not isinstance(name, str):
             raise RecipeError(f"Expected a {self.kind} name (a string) {_at(where)}but got {name!r}.")
         self._load_builtins()
+        if name not in self._entries:
+            self._load_on_demand()
         if name in self._entries:
             return self._entries[name]
         fallback = self._fallbacks()
@@ -134,21 +153,28 @@ def _import_dotted(path: str) -> Any:
 
 MODELS = Registry("model", ["super_recipes.models.classification"])
 LOSSES = Registry("loss", ["super_recipes.losses"], _public_classes("torch.nn", "torch.nn.Module", "Loss"))
-METRICS = Registry("metric", ["super_recipes.metrics"], _public_classes("torchmetrics", "torchmetrics.Metric"))
-CALLBACKS = Registry("callback", ["super_recipes.callbacks"])
-DATASETS = Registry("dataset", ["super_recipes.data.shapes", "super_recipes.data.torchvision_datasets"])
-DATALOADERS = Registry("dataloader", ["super_recipes.data.dataloaders"])
+METRICS = Registry("metric", ["super_recipes.metrics"], _public_classes("torchmetrics", "torchmetrics.Metric"),
+                   on_demand_modules=["super_recipes.detection.metrics"])
+CALLBACKS = Registry("callback", ["super_recipes.callbacks"],
+                     on_demand_modules=["super_recipes.detection.coco_evaluation",
+                                        "super_recipes.detection.visualization"])
+DATASETS = Registry("dataset", ["super_recipes.data.shapes", "super_recipes.data.torchvision_datasets"],
+                    on_demand_modules=["super_recipes.detection.datasets"])
+DATALOADERS = Registry("dataloader", ["super_recipes.data.dataloaders"],
+                       on_demand_modules=["super_recipes.detection.dataloaders"])
 TRANSFORMS = Registry(
     "transform",
     ["super_recipes.data.transforms"],
     _public_classes("torchvision.transforms.v2", "torchvision.transforms.v2.Transform"),
+    on_demand_modules=["super_recipes.detection.transforms"],
 )
 OPTIMIZERS = Registry("optimizer", [], _public_classes("torch.optim", "torch.optim.Optimizer"))
 LR_SCHEDULES = Registry("LR schedule", ["super_recipes.schedules"])
 # ``lr_schedule_function`` names: plain functions f(initial_lr, epoch, iter, max_epoch, iters_per_epoch) -> lr,
 # kept apart from LR_SCHEDULES (whose entries build a schedule callback from training_hyperparams).
 LR_FUNCTIONS = Registry("LR schedule function", ["super_recipes.schedules"])
-COLLATE_FUNCTIONS = Registry("collate function", ["super_recipes.data.collate"])
+COLLATE_FUNCTIONS = Registry("collate function", ["super_recipes.data.collate"],
+                             on_demand_modules=["super_recipes.detection.collate"])
 
 REGISTRIES: dict[str, Registry] = {
     "models": MODELS,
@@ -268,6 +294,9 @@ def _to_plain(value: Any) -> Any:
 
 
 def _main(argv: list[str]) -> None:
+    # Run as ``python -m``, this file is ``__main__``: the registrations went to the importable module's tables.
+    from super_recipes.registry import REGISTRIES
+
     kinds = argv or list(REGISTRIES)
     for kind in kinds:
         registry = REGISTRIES.get(kind) or next((r for r in REGISTRIES.values() if r.kind == kind), None)

@@ -160,13 +160,17 @@ class Trainer:
                valid_loader: Iterable | None, extra_callbacks: list[Callback]) -> dict[str, float]:
         self._setup(model, params, train_loader, valid_loader)
         valid_loader = self.valid_loader
+        callbacks = CallbackList(self._service_callbacks(params) + self._user_callbacks(params) + extra_callbacks)
+        # Validation result names: metrics returning several values (and callbacks adding some) list them.
+        self.valid_result_names = [name for key, metric in self.valid_metrics.items()
+                                   for name in getattr(metric, "component_names", None) or [key]]
+        self.valid_result_names += [name for cb in callbacks.callbacks for name in getattr(cb, "component_names", [])]
         watch = params.metric_to_watch.removeprefix("valid/")
         expected_names = _expected_loss_names(params, self.loss_fn)
         if valid_loader is not None and expected_names is not None:
-            _check_metric_to_watch(watch, list(self.valid_metrics), expected_names)
+            _check_metric_to_watch(watch, self.valid_result_names, expected_names)
         # An unnamed tuple-returning loss names its items only after one forward pass: check then.
         self._watch_check_pending = valid_loader is not None and expected_names is None
-        callbacks = CallbackList(self._service_callbacks(params) + self._user_callbacks(params) + extra_callbacks)
         ctx = PhaseContext(
             net=self.net, eval_net=self.ema.module if self.ema else self.net, ema=self.ema,
             optimizer=self.optimizer, training_params=params, device=self.device,
@@ -212,7 +216,7 @@ class Trainer:
         record.update(self._train_epoch(ctx, callbacks, progress, started))
         validate = valid_loader is not None and (
             (epoch + 1) % params.run_validation_freq == 0 or epoch + 1 == params.max_epochs)
-        valid_names = [f"valid/{n}" for n in ctx.loss_names] + [f"valid/{n}" for n in self.valid_metrics]
+        valid_names = [f"valid/{n}" for n in ctx.loss_names + self.valid_result_names]
         record.update(dict.fromkeys(valid_names, math.nan))
         if validate:
             broadcast_buffers(ctx.eval_net, self.world)
@@ -303,7 +307,7 @@ class Trainer:
     def _name_loss_items(self, ctx: PhaseContext, loss_items: torch.Tensor) -> None:
         ctx.loss_names = loss_item_names(self.loss_fn, self.params.loss_logging_items_names, loss_items.numel())
         if self._watch_check_pending:
-            _check_metric_to_watch(ctx.metric_to_watch, list(self.valid_metrics), ctx.loss_names)
+            _check_metric_to_watch(ctx.metric_to_watch, self.valid_result_names, ctx.loss_names)
 
     # ------------------------------------------------------------------ evaluation
     @torch.inference_mode()

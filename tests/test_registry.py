@@ -75,3 +75,19 @@ def test_every_named_registry_exists():
 def test_closest_names_prefers_prefixes_and_typos():
     assert sorted(closest_names("resnet", ["resnet18", "vit_b_16", "resnet34"])) == ["resnet18", "resnet34"]
     assert closest_names("max_epoch", ["max_epochs", "seed"]) == ["max_epochs"]
+
+
+def test_on_demand_modules_import_and_stay_out_of_classification_runs():
+    import importlib
+    import subprocess
+    import sys
+
+    for registry in REGISTRIES.values():
+        for module in registry.on_demand_modules:
+            importlib.import_module(module)
+    # Resolving classification names must not import the detection package.
+    probe = ("import sys; from super_recipes.registry import METRICS, TRANSFORMS, DATALOADERS; "
+             "METRICS.get('Accuracy'); TRANSFORMS.get('ToFloatTensor'); DATALOADERS.get('shapes_train'); "
+             "print(any(m.startswith('super_recipes.detection') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
