@@ -151,13 +151,17 @@ def _import_dotted(path: str) -> Any:
     return getattr(importlib.import_module(module_name), attr)
 
 
-MODELS = Registry("model", ["super_recipes.models.classification"])
-LOSSES = Registry("loss", ["super_recipes.losses"], _public_classes("torch.nn", "torch.nn.Module", "Loss"))
+MODELS = Registry("model", ["super_recipes.models.classification"],
+                  on_demand_modules=["super_recipes.detection.yolox.model"])
+LOSSES = Registry("loss", ["super_recipes.losses"], _public_classes("torch.nn", "torch.nn.Module", "Loss"),
+                  on_demand_modules=["super_recipes.detection.yolox.loss"])
 METRICS = Registry("metric", ["super_recipes.metrics"], _public_classes("torchmetrics", "torchmetrics.Metric"),
                    on_demand_modules=["super_recipes.detection.metrics"])
 CALLBACKS = Registry("callback", ["super_recipes.callbacks"],
                      on_demand_modules=["super_recipes.detection.coco_evaluation",
-                                        "super_recipes.detection.visualization"])
+                                        "super_recipes.detection.visualization",
+                                        "super_recipes.detection.yolox.stage_switch",
+                                        "super_recipes.detection.yolox.postprocess"])
 DATASETS = Registry("dataset", ["super_recipes.data.shapes", "super_recipes.data.torchvision_datasets"],
                     on_demand_modules=["super_recipes.detection.datasets"])
 DATALOADERS = Registry("dataloader", ["super_recipes.data.dataloaders"],

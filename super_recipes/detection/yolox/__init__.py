@@ -1,0 +1,1 @@
+"""YOLOX: model family, losses, post-processing and the training stage switch."""
