@@ -41,6 +41,21 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+class CheckpointSaveError(RecipeError):
+    """A checkpoint could not be written (disk full, permissions...); the previous one is intact."""
+
+
+def write_checkpoints(state: dict[str, Any], folder: Path, names: list[str]) -> None:
+    """Save ``state`` under each of ``names`` in ``folder``; a failed write stops training with a clear message."""
+    for name in names:
+        path = Path(folder) / name
+        try:
+            save_checkpoint(state, path)
+        except OSError as err:
+            raise CheckpointSaveError(
+                f"Could not write {path}: {err}. Training stopped; the previous checkpoint is intact.") from None
+
+
 def _fsync_dir(folder: Path) -> None:
     # Makes the rename itself durable; not supported on every platform/file system, hence best effort.
     try:

@@ -46,3 +46,13 @@ def split_loss_output(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
         loss, items = output
         return loss, items.detach().reshape(-1)
     return output, output.detach().reshape(1)
+
+
+def expected_loss_names(params: Any, loss_fn: Any) -> list[str] | None:
+    """Loss item names known before the first forward pass (None for an unnamed tuple-returning loss)."""
+    configured = params.loss_logging_items_names or getattr(loss_fn, "component_names", None)
+    if configured:
+        return list(configured)
+    if isinstance(loss_fn, torch.nn.modules.loss._Loss):
+        return [type(loss_fn).__name__]
+    return None

@@ -101,3 +101,15 @@ def compute_metrics(metrics: dict[str, torchmetrics.Metric], prefix: str) -> dic
             out[f"{prefix}/{name}"] = float(value)
         metric.reset()
     return out
+
+
+def check_metric_to_watch(watch: str, metric_names: list[str], loss_names: list[str]) -> None:
+    """``metric_to_watch`` must name a validation result or a loss item; refuse it with the closest names."""
+    from super_recipes.errors import RecipeError, did_you_mean
+
+    known = metric_names + loss_names
+    if watch not in known:
+        raise RecipeError(
+            f"training_hyperparams.metric_to_watch '{watch}' is neither a validation metric nor a loss item. "
+            f"{did_you_mean(watch, known)} Valid: {', '.join(known)}"
+        )

@@ -64,6 +64,16 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path, a
     return differences
 
 
+def describe_run(recipe: Any, params: Any) -> dict[str, Any]:
+    """What a checkpoint's run is compared with on resume: the recipe, or the training params alone."""
+    from omegaconf import OmegaConf
+
+    if recipe is not None:
+        recipe = recipe if OmegaConf.is_config(recipe) else OmegaConf.create(recipe)
+        return OmegaConf.to_container(recipe, resolve=True)
+    return {"training_hyperparams": OmegaConf.to_container(OmegaConf.create(params.to_dict()))}
+
+
 def _bookkeeping(key: str) -> bool:
     return any(fnmatch(key, pattern) for pattern in BOOKKEEPING_KEYS)
 

@@ -184,8 +184,8 @@ def check_names(cfg: Any, params: Any) -> None:
 
 def check_devices(cfg: Any) -> int:
     """``device``, ``num_gpus``, ``multi_gpu``: refuse what cannot run; returns the processes to launch here."""
+    from super_recipes.devices import resolve_device
     from super_recipes.distributed import requested_processes
-    from super_recipes.trainer import resolve_device
 
     resolve_device(cfg.get("device"))
     return requested_processes(cfg)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,17 +18,11 @@ from typing import Any
 import torch
 
 from super_recipes.callbacks.base import Callback, CallbackList, PhaseContext
-from super_recipes.callbacks.loggers import (
-    EpochSummary,
-    MetricsCSV,
-    ProgressBar,
-    TensorBoardLogger,
-    attach_log_file,
-    configure_console_logging,
-    current_lrs,
-)
-from super_recipes.checkpoints import BEST, LATEST, save_checkpoint
-from super_recipes.data.samplers import ResumableSampler, make_resumable, shard_for_evaluation
+from super_recipes.callbacks.loggers import attach_log_file, configure_console_logging, current_lrs
+from super_recipes.callbacks.services import service_callbacks
+from super_recipes.checkpoints import BEST, LATEST, write_checkpoints
+from super_recipes.data.samplers import epoch_batches, make_resumable, shard_for_evaluation
+from super_recipes.devices import resolve_device, to_device
 from super_recipes.distributed import (
     World,
     all_reduce_mean,
@@ -42,47 +35,21 @@ from super_recipes.distributed import (
     wrap_model,
 )
 from super_recipes.ema import ModelEMA, build_ema
-from super_recipes.errors import RecipeError, did_you_mean
+from super_recipes.errors import RecipeError
 from super_recipes.interrupts import StopRequests, TrainingInterrupted
-from super_recipes.losses import build_loss, loss_item_names, split_loss_output
-from super_recipes.metrics import build_metrics, compute_metrics, update_metric
+from super_recipes.losses import build_loss, expected_loss_names, loss_item_names, split_loss_output
+from super_recipes.metrics import build_metrics, check_metric_to_watch, compute_metrics, update_metric
 from super_recipes.optimizers import build_optimizer
 from super_recipes.precision import amp_dtype_for, autocast_factory, grad_scaler_for
 from super_recipes.registry import CALLBACKS, build_list
 from super_recipes.reproducibility import seed_everything
-from super_recipes.resume import resume_checkpoint_path
-from super_recipes.schedules import build_lr_schedule
+from super_recipes.resume import describe_run, resume_checkpoint_path
 from super_recipes.training_params import TrainingParams, parse_training_params
 from super_recipes.training_state import EpochProgress, capture, put_back_rng, restore
 
 logger = logging.getLogger("super_recipes")
 
 STOP_CHECK_STEPS = 20  # under DDP, how often (optimizer steps) the ranks agree on a SIGTERM/SIGINT
-
-
-class CheckpointSaveError(RecipeError):
-    """A checkpoint could not be written (disk full, permissions...); the previous one is intact."""
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` recipe key: ``auto``/None picks CUDA when present, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RecipeError(f"device is '{device}' but CUDA is not available on this machine; use device=cpu.")
-    return device
-
-
-def to_device(obj: Any, device: torch.device) -> Any:
-    """Move a batch element (tensor, or list/tuple/dict of them, e.g. detection targets) to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    return obj
 
 
 class Trainer:
@@ -160,15 +127,17 @@ class Trainer:
                valid_loader: Iterable | None, extra_callbacks: list[Callback]) -> dict[str, float]:
         self._setup(model, params, train_loader, valid_loader)
         valid_loader = self.valid_loader
-        callbacks = CallbackList(self._service_callbacks(params) + self._user_callbacks(params) + extra_callbacks)
+        callbacks = CallbackList(service_callbacks(params, self.world.is_rank_zero)
+                                 + build_list(CALLBACKS, params.phase_callbacks, "training_hyperparams.phase_callbacks")
+                                 + extra_callbacks)
         # Validation result names: metrics returning several values (and callbacks adding some) list them.
         self.valid_result_names = [name for key, metric in self.valid_metrics.items()
                                    for name in getattr(metric, "component_names", None) or [key]]
         self.valid_result_names += [name for cb in callbacks.callbacks for name in getattr(cb, "component_names", [])]
         watch = params.metric_to_watch.removeprefix("valid/")
-        expected_names = _expected_loss_names(params, self.loss_fn)
+        expected_names = expected_loss_names(params, self.loss_fn)
         if valid_loader is not None and expected_names is not None:
-            _check_metric_to_watch(watch, self.valid_result_names, expected_names)
+            check_metric_to_watch(watch, self.valid_result_names, expected_names)
         # An unnamed tuple-returning loss names its items only after one forward pass: check then.
         self._watch_check_pending = valid_loader is not None and expected_names is None
         ctx = PhaseContext(
@@ -180,7 +149,7 @@ class Trainer:
         point = None
         resume_path = resume_checkpoint_path(params, self.experiment_dir)
         if resume_path is not None:
-            point = restore(self, ctx, callbacks, resume_path, self._run_description(params),
+            point = restore(self, ctx, callbacks, resume_path, describe_run(self.recipe, params),
                             params.resume_allow_changes)
             if point.epoch >= params.max_epochs:
                 logger.info(f"{self.experiment_dir} already finished {point.epoch} epochs (max_epochs="
@@ -240,7 +209,7 @@ class Trainer:
         params, loss_fn, metrics, autocast = self.params, self.loss_fn, self.train_metrics, self.autocast
         num_batches, accumulate = self.train_batches_per_epoch, params.batch_accumulate
         clip, save_every = params.clip_grad_norm, params.ckpt_every_n_steps
-        batches = self._epoch_batches(ctx.epoch, progress.start_batch)
+        batches = epoch_batches(self.train_loader, ctx.epoch, progress.start_batch)
         self.net.train()
         items = progress.items
         callbacks.on_train_loader_start(ctx)
@@ -307,7 +276,7 @@ class Trainer:
     def _name_loss_items(self, ctx: PhaseContext, loss_items: torch.Tensor) -> None:
         ctx.loss_names = loss_item_names(self.loss_fn, self.params.loss_logging_items_names, loss_items.numel())
         if self._watch_check_pending:
-            _check_metric_to_watch(ctx.metric_to_watch, self.valid_result_names, ctx.loss_names)
+            check_metric_to_watch(ctx.metric_to_watch, self.valid_result_names, ctx.loss_names)
 
     # ------------------------------------------------------------------ evaluation
     @torch.inference_mode()
@@ -397,18 +366,6 @@ class Trainer:
             ctx.best_metric = value
         return better
 
-    def _epoch_batches(self, epoch: int, start_batch: int) -> Iterable:
-        """``(batch_idx, batch)`` pairs of ``epoch`` from ``start_batch`` on (a resumed epoch skips what it did)."""
-        loader = self.train_loader
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        if isinstance(sampler, ResumableSampler):
-            sampler.start_at(start_batch * loader.batch_size)
-            return enumerate(loader, start=start_batch)
-        # A loader we could not make resumable: replay its first batches to skip them (data loading only).
-        return ((i, batch) for i, batch in enumerate(loader) if i >= start_batch)
-
     def _save(self, ctx: PhaseContext, callbacks: CallbackList, record: dict[str, float], improved: bool) -> None:
         state = capture(self, ctx, callbacks, record, next_epoch=ctx.epoch + 1, next_batch=0, progress=None)
         names = [LATEST] + [BEST] * improved
@@ -428,42 +385,8 @@ class Trainer:
         return any_rank(self._stops.signum is not None, self.world, self.device)
 
     def _write(self, state: dict[str, Any], names: list[str]) -> None:
-        if not self.world.is_rank_zero:
-            return
-        for name in names:
-            path = self.experiment_dir / name
-            try:
-                save_checkpoint(state, path)
-            except OSError as err:
-                raise CheckpointSaveError(
-                    f"Could not write {path}: {err}. Training stopped; the previous checkpoint is intact.") from None
-
-    def _run_description(self, params: TrainingParams) -> dict[str, Any]:
-        """What a checkpoint's run is compared with on resume: the recipe, or the training params alone."""
-        from omegaconf import OmegaConf
-
-        if self.recipe is not None:
-            recipe = self.recipe if OmegaConf.is_config(self.recipe) else OmegaConf.create(self.recipe)
-            return OmegaConf.to_container(recipe, resolve=True)
-        return {"training_hyperparams": OmegaConf.to_container(OmegaConf.create(params.to_dict()))}
-
-    def _service_callbacks(self, params: TrainingParams) -> list[Callback]:
-        services: list[Callback] = []
-        schedule = build_lr_schedule(params)
-        if schedule is not None:
-            services.append(schedule)
-        if params.average_best_models:
-            from super_recipes.callbacks.averaging import build_model_averaging
-
-            services.append(build_model_averaging(params))
         if self.world.is_rank_zero:
-            if not params.silent_mode and sys.stderr.isatty():
-                services.append(ProgressBar())
-            services += [EpochSummary(), TensorBoardLogger(params.log_every_n_steps), MetricsCSV()]
-        return services
-
-    def _user_callbacks(self, params: TrainingParams) -> list[Callback]:
-        return build_list(CALLBACKS, params.phase_callbacks, "training_hyperparams.phase_callbacks")
+            write_checkpoints(state, self.experiment_dir, names)
 
     def _log_start(self, params: TrainingParams) -> None:
         num_params = sum(p.numel() for p in self.net.parameters())
@@ -512,25 +435,6 @@ def _batch_size(inputs: Any) -> int:
     if isinstance(inputs, torch.Tensor):
         return int(inputs.shape[0])
     return len(inputs)
-
-
-def _expected_loss_names(params: TrainingParams, loss_fn: Any) -> list[str] | None:
-    """Loss item names known before the first forward pass (None for an unnamed tuple-returning loss)."""
-    configured = params.loss_logging_items_names or getattr(loss_fn, "component_names", None)
-    if configured:
-        return list(configured)
-    if isinstance(loss_fn, torch.nn.modules.loss._Loss):
-        return [type(loss_fn).__name__]
-    return None
-
-
-def _check_metric_to_watch(watch: str, metric_names: list[str], loss_names: list[str]) -> None:
-    known = metric_names + loss_names
-    if watch not in known:
-        raise RecipeError(
-            f"training_hyperparams.metric_to_watch '{watch}' is neither a validation metric nor a loss item. "
-            f"{did_you_mean(watch, known)} Valid: {', '.join(known)}"
-        )
 
 
 def _recipe_yaml(recipe: Any) -> str | None:

@@ -94,6 +94,18 @@ def seeded_rngs(seed: int) -> Iterator[None]:
         torch.set_rng_state(torch_state)
 
 
+def epoch_batches(loader: Any, epoch: int, start_batch: int) -> Any:
+    """``(batch_idx, batch)`` pairs of ``epoch`` from ``start_batch`` on (a resumed epoch skips what it did)."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    if isinstance(sampler, ResumableSampler):
+        sampler.start_at(start_batch * loader.batch_size)
+        return enumerate(loader, start=start_batch)
+    # A loader we could not make resumable: replay its first batches to skip them (data loading only).
+    return ((i, batch) for i, batch in enumerate(loader) if i >= start_batch)
+
+
 def make_resumable(loader: Any, seed: int, num_replicas: int = 1, rank: int = 0) -> Any:
     """The same DataLoader (batch size, workers, collate...) with a resumable order; other loaders unchanged.
 
