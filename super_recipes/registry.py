@@ -87,7 +87,7 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         self._load_builtins()
-        if name not in self._entries:
+        if name not in self._entries and name not in self._fallbacks():
             self._load_on_demand()
         return name in self._entries or name in self._fallbacks()
 
@@ -105,11 +105,12 @@ class Registry:
         if not isinstance(name, str):
             raise RecipeError(f"Expected a {self.kind} name (a string) {_at(where)}but got {name!r}.")
         self._load_builtins()
-        if name not in self._entries:
+        fallback = self._fallbacks()
+        # Library names (torch.nn losses, torch.optim...) resolve without importing the on-demand modules.
+        if name not in self._entries and name not in fallback:
             self._load_on_demand()
         if name in self._entries:
             return self._entries[name]
-        fallback = self._fallbacks()
         if name in fallback:
             return fallback[name]
         raise RecipeError(unknown_name_message(self.kind, name, self.names(), where))
