@@ -87,9 +87,10 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         self._load_builtins()
-        if name not in self._entries and name not in self._fallbacks():
-            self._load_on_demand()
-        return name in self._entries or name in self._fallbacks()
+        if name in self._entries or name in self._fallbacks():
+            return True
+        self._load_on_demand()
+        return name in self._entries
 
     def names(self, include_fallback: bool = True) -> list[str]:
         """All names this registry resolves, sorted."""
@@ -105,14 +106,15 @@ class Registry:
         if not isinstance(name, str):
             raise RecipeError(f"Expected a {self.kind} name (a string) {_at(where)}but got {name!r}.")
         self._load_builtins()
-        fallback = self._fallbacks()
-        # Library names (torch.nn losses, torch.optim...) resolve without importing the on-demand modules.
-        if name not in self._entries and name not in fallback:
-            self._load_on_demand()
         if name in self._entries:
             return self._entries[name]
+        # Library names (torch.nn losses, torch.optim...) resolve without importing the on-demand modules.
+        fallback = self._fallbacks()
         if name in fallback:
             return fallback[name]
+        self._load_on_demand()
+        if name in self._entries:
+            return self._entries[name]
         raise RecipeError(unknown_name_message(self.kind, name, self.names(), where))
 
 
