@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from super_recipes.detection.predict import DetectionPredictMixin
 from super_recipes.detection.yolox.blocks import PAFPN, ConvBNAct, CSPDarknet, conv_block
 from super_recipes.detection.yolox.postprocess import YoloXPostPredictionCallback
 from super_recipes.registry import register_model
@@ -98,7 +99,7 @@ class YoloXHead(nn.Module):
         return outputs
 
 
-class YoloX(nn.Module):
+class YoloX(DetectionPredictMixin, nn.Module):
     """A YOLOX detector; built by the ``yolox_*`` factories (recipe key ``architecture``).
 
     ``head_prefix`` names the part that depends on the class count: fine-tuning from a checkpoint with another
