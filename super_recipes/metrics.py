@@ -61,9 +61,9 @@ def build_metrics(specs: Any, where: str) -> dict[str, torchmetrics.Metric]:
 
     A metric whose ``compute()`` returns a dict (several values) logs each under its own key.
     """
-    from super_recipes.registry import _to_plain, call_with_kwargs
+    from super_recipes.registry import call_with_kwargs, to_plain
 
-    specs = _to_plain(specs) or []
+    specs = to_plain(specs) or []
     if not isinstance(specs, list):
         specs = [specs]
     metrics: dict[str, torchmetrics.Metric] = {}

@@ -212,7 +212,7 @@ register_collate_function = COLLATE_FUNCTIONS.register
 
 def split_spec(spec: Any, registry: Registry, where: str = "") -> tuple[Any, dict[str, Any]]:
     """Split one object spec into (factory, kwargs). See the module docstring for the accepted forms."""
-    spec = _to_plain(spec)
+    spec = to_plain(spec)
     if isinstance(spec, str):
         return registry.get(spec, where), {}
     if isinstance(spec, Mapping):
@@ -245,7 +245,7 @@ def build(registry: Registry, spec: Any, where: str = "", **extra_kwargs: Any) -
 
 def build_list(registry: Registry, specs: Any, where: str = "") -> list[Any]:
     """Instantiate a list of object specs; ``None`` gives an empty list and a single spec a one-item list."""
-    specs = _to_plain(specs)
+    specs = to_plain(specs)
     if specs is None:
         return []
     if not isinstance(specs, list):
@@ -292,7 +292,8 @@ def _name_of(obj: Any) -> str:
     return getattr(obj, "__name__", type(obj).__name__)
 
 
-def _to_plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
+    """A plain Python value from an OmegaConf node (resolved); anything else unchanged."""
     if type(value).__module__.startswith("omegaconf"):
         from omegaconf import OmegaConf
 

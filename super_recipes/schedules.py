@@ -281,7 +281,7 @@ def build_lr_schedule(params: Any) -> Callback | None:
     ``constant``), a ``torch.optim.lr_scheduler`` class name, or a one-key mapping ``{ClassName: {kwargs}}``
     of one. Every mistake is a RecipeError raised here, before training starts.
     """
-    mode = _to_plain(params.lr_mode)
+    mode = to_plain(params.lr_mode)
     epochs, steps = check_warmup(params)
     if mode != "function" and params.lr_schedule_function is not None:
         raise RecipeError("training_hyperparams.lr_schedule_function is only read by lr_mode: function "
@@ -308,7 +308,7 @@ def build_lr_schedule(params: Any) -> Callback | None:
                       f"{', '.join(torch_classes)}")
 
 
-def _to_plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
     if type(value).__module__.startswith("omegaconf"):
         from omegaconf import OmegaConf
 

@@ -307,13 +307,14 @@ class Trainer:
             inputs, targets = to_device(batch[0], self.device), to_device(batch[1], self.device)
             ctx.batch_extras = to_device(batch[2], self.device) if len(batch) > 2 else None
             ctx.batch_idx, ctx.inputs, ctx.targets = batch_idx, inputs, targets
+            batch_size = _batch_size(inputs)
             on_batch_start(ctx)
             with autocast():
                 preds = net(inputs)
                 if loss_fn is not None:
                     ctx.loss_items = split_loss_output(loss_fn(preds, targets))[1]
-                    item_sums = item_sums + ctx.loss_items.float() * _batch_size(inputs)
-            samples += _batch_size(inputs)
+                    item_sums = item_sums + ctx.loss_items.float() * batch_size
+            samples += batch_size
             ctx.preds = preds
             for metric in metrics.values():
                 update_metric(metric, preds, targets, ctx.batch_extras)

@@ -30,6 +30,7 @@ from super_recipes.registry import (
     call_with_kwargs,
     register_dataloader,
     split_spec,
+    to_plain,
 )
 
 
@@ -73,8 +74,8 @@ def from_recipe_group(
     where = where or f"dataset_params.{split}_dataset_params"
     defaults = load_dataset_params(group)
     dataset_defaults = defaults.get(f"{split}_dataset_params") or {}
-    dataset_params = _plain(dataset_params) or {}
-    for value, at in ((dataset_params, where), (_plain(dataloader_params) or {}, "dataloader params")):
+    dataset_params = to_plain(dataset_params) or {}
+    for value, at in ((dataset_params, where), (to_plain(dataloader_params) or {}, "dataloader params")):
         if not isinstance(value, Mapping):
             raise RecipeError(f"{at} must be a mapping, got {value!r}.")
     if _switches_dataset(dataset_defaults, dataset_params):
@@ -135,7 +136,7 @@ def build_dataloader(
         sibling = stem != dataset_where
         dataloader_where = f"{stem}dataloader_params" if sibling else f"the dataloader params of {dataset_where}"
     dataset = build_dataset(dataset_params, dataset_where)
-    params = _plain(dataloader_params) or {}
+    params = to_plain(dataloader_params) or {}
     if not isinstance(params, Mapping):
         raise RecipeError(f"{dataloader_where} must be a mapping, got {params!r}.")
     accepted = _dataloader_arguments()
@@ -165,7 +166,7 @@ def build_dataloader(
 def build_dataset(dataset_params: Mapping | None, where: str = "dataset_params") -> torch.utils.data.Dataset:
     """Instantiate ``dataset_params``: ``dataset: Name`` (or ``_target_``) picks the class; the rest are its
     constructor arguments."""
-    params = _plain(dataset_params) or {}
+    params = to_plain(dataset_params) or {}
     if not isinstance(params, Mapping):
         raise RecipeError(f"{where} must be a mapping, got {params!r}.")
     factory, kwargs, what = _dataset_factory(params, where)
@@ -196,8 +197,8 @@ def _dataset_factory(params: Mapping, where: str) -> tuple[Callable, dict[str, A
 
 def deep_merge(base: Mapping | None, override: Mapping | None) -> dict[str, Any]:
     """``base`` updated recursively with ``override``; nested mappings merge, anything else is replaced."""
-    merged = dict(_plain(base) or {})
-    for key, value in (_plain(override) or {}).items():
+    merged = dict(to_plain(base) or {})
+    for key, value in (to_plain(override) or {}).items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = deep_merge(merged[key], value)
         else:
@@ -209,14 +210,6 @@ def deep_merge(base: Mapping | None, override: Mapping | None) -> dict[str, Any]
 def _dataloader_arguments() -> tuple[str, ...]:
     parameters = inspect.signature(DataLoader.__init__).parameters
     return tuple(name for name in parameters if name not in ("self", "dataset"))
-
-
-def _plain(value: Any) -> Any:
-    if type(value).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def _group_loader(group: str, split: str) -> Callable[..., DataLoader]:

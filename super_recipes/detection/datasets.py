@@ -25,7 +25,7 @@ import torch
 
 from super_recipes.detection.sample import DetectionSample
 from super_recipes.errors import RecipeError, did_you_mean
-from super_recipes.registry import TRANSFORMS, _to_plain, build
+from super_recipes.registry import TRANSFORMS, build, to_plain
 
 logger = logging.getLogger("super_recipes")
 MIN_BOX_SIDE = 1.0  # px: thinner boxes carry no signal and give IoU-based losses zero or NaN gradients
@@ -159,7 +159,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     def _class_mapping(self, inclusion: list[str] | None) -> tuple[list[int], np.ndarray | None]:
         if inclusion is None:
             return list(range(len(self.class_names))), None
-        inclusion = list(dict.fromkeys(_to_plain(inclusion)))
+        inclusion = list(dict.fromkeys(to_plain(inclusion)))
         if not self.class_names:
             raise RecipeError(f"class_inclusion_list needs class names, but {type(self).__name__} has none: "
                               "pass class_names.")
@@ -259,7 +259,7 @@ def load_image(path: str) -> np.ndarray:
 
 def build_detection_transforms(specs: Any) -> list[Any]:
     """Transform specs (names, ``{Name: {kwargs}}``, ``_target_`` nodes) or built callables -> list of callables."""
-    specs = _to_plain(specs)
+    specs = to_plain(specs)
     if specs is None:
         return []
     specs = specs if isinstance(specs, list) else [specs]

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from super_recipes.errors import RecipeError
-from super_recipes.registry import _import_dotted, _to_plain
+from super_recipes.registry import _import_dotted, to_plain
 
 # The status of a detection at one IoU threshold, stored per detection and threshold.
 FALSE_POSITIVE, TRUE_POSITIVE, IGNORED = 0, 1, 2
@@ -32,7 +32,7 @@ def resolve_post_prediction_callback(spec: Any) -> Callable[[Any], Any]:
 
     ``None`` means the predictions are already per-image ``[K, 6]`` tensors.
     """
-    spec = _to_plain(spec)
+    spec = to_plain(spec)
     if spec is None:
         return _identity
     if callable(spec):

@@ -49,14 +49,14 @@ from super_recipes.detection.matching import (
 )
 from super_recipes.detection.precision_recall import accumulate
 from super_recipes.errors import RecipeError
-from super_recipes.registry import _to_plain, register_metric
+from super_recipes.registry import register_metric, to_plain
 
 _STATES = {"scores": torch.float64, "classes": torch.long, "status": torch.int8, "image_keys": torch.long}
 
 
 def iou_thresholds(iou_thres: float | Sequence[float]) -> np.ndarray:
     """One threshold, ``[lo, hi]`` in 0.05 steps both included (as COCOeval builds 0.50:0.95), or a list."""
-    values = _to_plain(iou_thres)
+    values = to_plain(iou_thres)
     if isinstance(values, int | float):
         return np.array([float(values)])
     values = [float(v) for v in values]
@@ -106,7 +106,7 @@ class DetectionMetrics(torchmetrics.Metric):
         # COCOeval caps a threshold just below 1 so that IoU == 1 still matches at 1.0.
         self._matching_thresholds = np.minimum(thresholds, 1 - 1e-10).tolist()
         self.recall_thresholds = (np.linspace(0.0, 1.0, 101, endpoint=True) if recall_thres is None
-                                  else np.asarray(_to_plain(recall_thres), dtype=np.float64)).tolist()
+                                  else np.asarray(to_plain(recall_thres), dtype=np.float64)).tolist()
         self.score_thres = float(score_thres)
         self.top_k_predictions = top_k_predictions
         self.top_k_per_class = top_k_per_class
@@ -116,7 +116,7 @@ class DetectionMetrics(torchmetrics.Metric):
         if len(self.class_names) != self.num_cls:
             raise RecipeError(f"class_names has {len(self.class_names)} names but num_cls is {self.num_cls}.")
         self.calc_best_score_thresholds = calc_best_score_thresholds
-        self.input_dim = tuple(_to_plain(input_dim)) if input_dim is not None else None
+        self.input_dim = tuple(to_plain(input_dim)) if input_dim is not None else None
         low, high = thresholds[0], thresholds[-1]
         self.suffix = f"@{low:.2f}" if len(thresholds) == 1 else f"@{low:.2f}:{high:.2f}"
         for name in _STATES:

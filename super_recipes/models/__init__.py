@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from super_recipes.errors import RecipeError
-from super_recipes.registry import MODELS, call_with_kwargs, register_model
+from super_recipes.registry import MODELS, call_with_kwargs, register_model, to_plain
 
 __all__ = ["get", "names", "register_model"]
 
@@ -71,12 +71,7 @@ def names() -> list[str]:
 
 
 def _plain_mapping(arch_params: Any) -> dict[str, Any]:
-    if arch_params is None:
-        return {}
-    if type(arch_params).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        arch_params = OmegaConf.to_container(arch_params, resolve=True)
+    arch_params = {} if arch_params is None else to_plain(arch_params)
     if not isinstance(arch_params, Mapping):
         raise RecipeError(f"arch_params must be a mapping of argument names to values, got {arch_params!r}.")
     return dict(arch_params)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from super_recipes.errors import RecipeError, did_you_mean
+from super_recipes.registry import to_plain
 
 logger = logging.getLogger("super_recipes")
 
@@ -287,12 +288,7 @@ def _flag(params: Mapping[str, Any], key: str) -> bool:
 
 
 def _plain(params: Any) -> dict[str, Any]:
-    if params is None:
-        return {}
-    if type(params).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        params = OmegaConf.to_container(params, resolve=True)
+    params = {} if params is None else to_plain(params)
     if not isinstance(params, Mapping):
         raise RecipeError(f"checkpoint_params must be a mapping, got {params!r}.")
     return dict(params)
