@@ -12,7 +12,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Trainer": ("super_recipes.trainer", "Trainer"),
+    "Trainer": ("super_recipes.engine.trainer", "Trainer"),
     "models": ("super_recipes.models", None),
     "dataloaders": ("super_recipes.data.dataloaders", None),
     "Callback": ("super_recipes.callbacks.base", "Callback"),

@@ -84,8 +84,8 @@ def run_recipe(cfg: Any, source: RecipeSource | None = None) -> dict[str, float]
 
     from super_recipes import dataloaders, models
     from super_recipes.models.weights import load_initial_weights
-    from super_recipes.reproducibility import seed_everything
-    from super_recipes.trainer import Trainer
+    from super_recipes.engine.reproducibility import seed_everything
+    from super_recipes.engine.trainer import Trainer
     from super_recipes.training_params import parse_training_params
 
     import_user_modules(cfg, source)
@@ -104,7 +104,7 @@ def run_recipe(cfg: Any, source: RecipeSource | None = None) -> dict[str, float]
 
     # Weight-loading reports print before training starts; ranks other than 0 stay quiet.
     configure_console_logging(silent=params.silent_mode, errors_only=os.environ.get("RANK", "0") != "0")
-    from super_recipes.distributed import launched_by_torchrun
+    from super_recipes.engine.distributed import launched_by_torchrun
 
     if processes > 1 and not launched_by_torchrun():
         return _launch_distributed(cfg, processes)
@@ -126,7 +126,7 @@ def run_recipe(cfg: Any, source: RecipeSource | None = None) -> dict[str, float]
     trainer = Trainer(cfg.get("experiment_name") or cfg.architecture, cfg.get("ckpt_root_dir"),
                       device=cfg.get("device"), recipe=cfg)
     if launched_by_torchrun():
-        from super_recipes.distributed import leave_process_group
+        from super_recipes.engine.distributed import leave_process_group
 
         success = False
         try:
@@ -184,8 +184,8 @@ def check_names(cfg: Any, params: Any) -> None:
 
 def check_devices(cfg: Any) -> int:
     """``device``, ``num_gpus``, ``multi_gpu``: refuse what cannot run; returns the processes to launch here."""
-    from super_recipes.devices import resolve_device
-    from super_recipes.distributed import requested_processes
+    from super_recipes.engine.devices import resolve_device
+    from super_recipes.engine.distributed import requested_processes
 
     resolve_device(cfg.get("device"))
     return requested_processes(cfg)
@@ -195,7 +195,7 @@ def _launch_distributed(cfg: Any, processes: int) -> dict[str, float]:
     """Resolve the experiment folder once, write the resolved recipe there, and run it as ``processes`` workers."""
     from omegaconf import OmegaConf
 
-    from super_recipes.distributed import launch_workers
+    from super_recipes.engine.distributed import launch_workers
 
     folder = (Path(cfg.get("ckpt_root_dir") or "checkpoints") / (cfg.get("experiment_name") or cfg.architecture))
     folder.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,7 @@ def _hydra_task(cfg: Any) -> None:
     OmegaConf.set_struct(cfg, False)
     with open_dict(cfg):
         cfg.pop("hydra", None)
-    from super_recipes.interrupts import TrainingInterrupted
+    from super_recipes.engine.interrupts import TrainingInterrupted
 
     try:
         run_recipe(cfg, source)

@@ -12,7 +12,7 @@ import torch
 from super_recipes import Trainer
 from super_recipes.callbacks import Callback, EarlyStop, LRMonitor, PhaseContext
 from super_recipes.callbacks.averaging import AVERAGE_MODEL, SNAPSHOTS, BestModelsAveraging, build_model_averaging
-from super_recipes.checkpoints import load_checkpoint
+from super_recipes.engine.checkpoints import load_checkpoint
 from super_recipes.errors import RecipeError
 from super_recipes.training_params import parse_training_params
 

@@ -20,7 +20,7 @@ from super_recipes.callbacks.base import PhaseContext
 from super_recipes.detection.coco_evaluation import COCO_STAT_NAMES, CocoEvaluationCallback
 from super_recipes.detection.matching import greedy_match
 from super_recipes.detection.metrics import DetectionMetrics, DetectionMetrics_050, DetectionMetrics_075
-from super_recipes.distributed import free_port
+from super_recipes.engine.distributed import free_port
 from super_recipes.errors import RecipeError
 from super_recipes.registry import CALLBACKS, METRICS, build
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from super_recipes import Trainer, dataloaders, models
-from super_recipes.checkpoints import load_checkpoint
-from super_recipes.distributed import free_port
+from super_recipes.engine.checkpoints import load_checkpoint
+from super_recipes.engine.distributed import free_port
 from tests.conftest import run_cli
 
 HELPERS = textwrap.dedent("""

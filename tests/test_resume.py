@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from super_recipes import Trainer
-from super_recipes.checkpoints import load_checkpoint
+from super_recipes.engine.checkpoints import load_checkpoint
 from super_recipes.errors import RecipeError
 from tests.conftest import run_cli
 
@@ -198,7 +198,7 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    import super_recipes.checkpoints as checkpoints
+    import super_recipes.engine.checkpoints as checkpoints
 
     generator = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(32, 4, generator=generator), torch.randint(0, 2, (32,)))

@@ -9,7 +9,7 @@ import torch
 
 from super_recipes import Trainer
 from super_recipes.callbacks import EVENTS, Callback
-from super_recipes.checkpoints import load_checkpoint
+from super_recipes.engine.checkpoints import load_checkpoint
 from super_recipes.errors import RecipeError
 from super_recipes.registry import register_loss
 

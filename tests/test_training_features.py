@@ -14,7 +14,7 @@ import torch
 
 from super_recipes import Trainer
 from super_recipes.callbacks import Callback
-from super_recipes.checkpoints import load_checkpoint
+from super_recipes.engine.checkpoints import load_checkpoint
 
 
 def regression_data(n: int = 40, seed: int = 0) -> torch.utils.data.TensorDataset:

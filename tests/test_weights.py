@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from super_recipes import models
-from super_recipes.checkpoints import save_checkpoint
+from super_recipes.engine.checkpoints import save_checkpoint
 from super_recipes.errors import RecipeError
 from super_recipes.models import pretrained
 from super_recipes.models.weights import (

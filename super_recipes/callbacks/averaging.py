@@ -24,7 +24,7 @@ import torch
 
 from super_recipes.callbacks.base import Callback, PhaseContext
 from super_recipes.callbacks.early_stop import read_validation_metric
-from super_recipes.checkpoints import load_checkpoint, save_checkpoint
+from super_recipes.engine.checkpoints import load_checkpoint, save_checkpoint
 from super_recipes.errors import RecipeError
 
 logger = logging.getLogger("super_recipes")

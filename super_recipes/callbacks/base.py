@@ -59,7 +59,7 @@ class PhaseContext:
 
     net: Any = None  # the model being trained (the plain module, also under torch.compile or DDP)
     eval_net: Any = None  # the model validated and selected: the EMA model when ema is on, else net
-    ema: Any = None  # super_recipes.ema.ModelEMA when ema is on
+    ema: Any = None  # super_recipes.engine.ema.ModelEMA when ema is on
     optimizer: Any = None
     training_params: Any = None
     device: Any = None

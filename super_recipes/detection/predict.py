@@ -239,7 +239,7 @@ def load_model_for_prediction(checkpoint_path: str | Path, device: str | torch.d
     from omegaconf import OmegaConf
 
     from super_recipes import models
-    from super_recipes.checkpoints import load_checkpoint
+    from super_recipes.engine.checkpoints import load_checkpoint
     from super_recipes.errors import RecipeError
 
     state = load_checkpoint(checkpoint_path)

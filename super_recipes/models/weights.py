@@ -246,7 +246,7 @@ def _pair_by_position(own: dict[str, torch.Tensor], ckpt: dict[str, torch.Tensor
 def load_weights(model: nn.Module, checkpoint_path: str | Path, strict_load: Any = "on", load_backbone: bool = False,
                  load_ema_as_net: bool = False) -> LoadReport:
     """Load a checkpoint file into ``model`` (``checkpoint_params.checkpoint_path`` and its siblings)."""
-    from super_recipes.checkpoints import load_checkpoint
+    from super_recipes.engine.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(checkpoint_path)
     weights = state_dict_from_checkpoint(checkpoint, str(checkpoint_path), load_ema_as_net)

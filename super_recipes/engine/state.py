@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from super_recipes.callbacks.base import CallbackList, PhaseContext
-from super_recipes.checkpoints import load_checkpoint
-from super_recipes.distributed import gather_to_all
+from super_recipes.engine.checkpoints import load_checkpoint
+from super_recipes.engine.distributed import gather_to_all
 from super_recipes.errors import RecipeError
-from super_recipes.reproducibility import restore_rng_states, rng_states
-from super_recipes.resume import check_same_run
+from super_recipes.engine.reproducibility import restore_rng_states, rng_states
+from super_recipes.engine.resume import check_same_run
 
 logger = logging.getLogger("super_recipes")
 

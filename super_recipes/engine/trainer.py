@@ -20,10 +20,10 @@ import torch
 from super_recipes.callbacks.base import Callback, CallbackList, PhaseContext
 from super_recipes.callbacks.loggers import attach_log_file, configure_console_logging, current_lrs
 from super_recipes.callbacks.services import service_callbacks
-from super_recipes.checkpoints import BEST, LATEST, write_checkpoints
+from super_recipes.engine.checkpoints import BEST, LATEST, write_checkpoints
 from super_recipes.data.samplers import epoch_batches, make_resumable, shard_for_evaluation
-from super_recipes.devices import resolve_device, to_device
-from super_recipes.distributed import (
+from super_recipes.engine.devices import resolve_device, to_device
+from super_recipes.engine.distributed import (
     World,
     all_reduce_mean,
     all_reduce_sum,
@@ -34,18 +34,18 @@ from super_recipes.distributed import (
     launched_by_torchrun,
     wrap_model,
 )
-from super_recipes.ema import ModelEMA, build_ema
+from super_recipes.engine.ema import ModelEMA, build_ema
 from super_recipes.errors import RecipeError
-from super_recipes.interrupts import StopRequests, TrainingInterrupted
+from super_recipes.engine.interrupts import StopRequests, TrainingInterrupted
 from super_recipes.losses import build_loss, expected_loss_names, loss_item_names, split_loss_output
 from super_recipes.metrics import build_metrics, check_metric_to_watch, compute_metrics, update_metric
 from super_recipes.optimizers import build_optimizer
-from super_recipes.precision import amp_dtype_for, autocast_factory, grad_scaler_for
+from super_recipes.engine.precision import amp_dtype_for, autocast_factory, grad_scaler_for
 from super_recipes.registry import CALLBACKS, build_list
-from super_recipes.reproducibility import seed_everything
-from super_recipes.resume import describe_run, resume_checkpoint_path
+from super_recipes.engine.reproducibility import seed_everything
+from super_recipes.engine.resume import describe_run, resume_checkpoint_path
 from super_recipes.training_params import TrainingParams, parse_training_params
-from super_recipes.training_state import EpochProgress, capture, put_back_rng, restore
+from super_recipes.engine.state import EpochProgress, capture, put_back_rng, restore
 
 logger = logging.getLogger("super_recipes")
 

@@ -11,7 +11,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from super_recipes.checkpoints import LATEST
+from super_recipes.engine.checkpoints import LATEST
 from super_recipes.errors import RecipeError
 
 # Keys that do not change the computation of a run, as dotted-path patterns.
