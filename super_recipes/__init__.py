@@ -17,12 +17,15 @@ _LAZY = {
     "dataloaders": ("super_recipes.data.dataloaders", None),
     "Callback": ("super_recipes.callbacks.base", "Callback"),
     "PhaseContext": ("super_recipes.callbacks.base", "PhaseContext"),
+    "Phase": ("super_recipes.callbacks.phase", "Phase"),
+    "PhaseCallback": ("super_recipes.callbacks.phase", "PhaseCallback"),
+    "TrainingParams": ("super_recipes.config.training_params", "TrainingParams"),
     "RecipeError": ("super_recipes.errors", "RecipeError"),
-    "compose_recipe": ("super_recipes.recipe", "compose_recipe"),
+    "compose_recipe": ("super_recipes.config.compose", "compose_recipe"),
     "run_recipe": ("super_recipes.train_from_recipe", "run_recipe"),
 }
 for _name in ("model", "loss", "metric", "callback", "dataset", "dataloader", "transform", "optimizer",
-              "lr_schedule", "lr_function", "collate_function"):
+              "lr_schedule", "lr_function", "collate_function", "processing"):
     _LAZY[f"register_{_name}"] = ("super_recipes.registry", f"register_{_name}")
 
 __all__ = sorted(_LAZY)

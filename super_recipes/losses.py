@@ -8,18 +8,27 @@ from the loss's ``component_names`` attribute, else ``<LossName>/<i>``. Any ``to
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 
-from super_recipes.registry import LOSSES, build
+from super_recipes.errors import RecipeError
+from super_recipes.registry import LOSSES, build, is_spec
 
 
-def build_loss(spec: Any, criterion_params: dict[str, Any] | None = None) -> torch.nn.Module:
-    """Build ``training_hyperparams.loss`` with ``criterion_params`` as its keyword arguments."""
-    if isinstance(spec, str) and criterion_params:
-        spec = {spec: dict(criterion_params)}
-    return build(LOSSES, spec, "training_hyperparams.loss")
+def build_loss(spec: Any, criterion_params: dict[str, Any] | None = None) -> Any:
+    """``training_hyperparams.loss`` with ``criterion_params`` as its keyword arguments: a name, spec or class is
+    built; a loss object or function (Python API) is used as is (``criterion_params`` must then be empty)."""
+    where = "training_hyperparams.loss"
+    extra = dict(criterion_params or {})
+    if extra and not is_spec(spec) and not inspect.isclass(spec):
+        raise RecipeError(f"training_hyperparams.criterion_params {extra} cannot apply to the loss object "
+                          f"{spec!r}, which is already built: pass these arguments when you build it.")
+    loss = build(LOSSES, spec, where, **extra)
+    if not callable(loss):
+        raise RecipeError(f"{where}: {loss!r} is not callable; a loss is called as loss(preds, targets).")
+    return loss
 
 
 def loss_item_names(loss_fn: Any, configured: list[str] | None, num_items: int) -> list[str]:

@@ -9,12 +9,14 @@ torchmetrics classification metrics require the class count up front, which a re
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torchmetrics
 
-from super_recipes.registry import METRICS, register_metric, split_spec
+from super_recipes.registry import METRICS, build, is_spec, register_metric, to_plain
 
 
 class TopKAccuracy(torchmetrics.Metric):
@@ -57,28 +59,38 @@ class Top5(TopKAccuracy):
 
 
 def build_metrics(specs: Any, where: str) -> dict[str, torchmetrics.Metric]:
-    """``{name: metric}`` for a metrics list; the name is the registered name (``Accuracy``, ``Top5``...).
+    """``{name: metric}`` for ``train_metrics_list`` / ``valid_metrics_list`` / ``test_metrics_list``.
 
-    A metric whose ``compute()`` returns a dict (several values) logs each under its own key.
+    Entries are recipe specs (named by their registered name: ``Accuracy``, ``Top5``...) or, from the Python API,
+    metric objects or classes (named by their class); a mapping ``{name: metric object}`` names them explicitly.
+    A repeated name gets the entry's index appended. A metric whose ``compute()`` returns a dict (several
+    values) logs each under its own key.
     """
-    from super_recipes.registry import call_with_kwargs, to_plain
-
-    specs = to_plain(specs) or []
-    if not isinstance(specs, list):
-        specs = [specs]
+    specs = to_plain(specs)
+    if specs is None or (isinstance(specs, (Mapping, list, tuple)) and not specs):
+        return {}
+    if isinstance(specs, Mapping) and specs and "_target_" not in specs and not any(is_spec(v) for v in
+                                                                                    specs.values()):
+        named = list(specs.items())  # the Python API's {name: metric object}
+    else:
+        entries = specs if isinstance(specs, (list, tuple)) else [specs]
+        named = [(_metric_name(spec), spec) for spec in entries]
     metrics: dict[str, torchmetrics.Metric] = {}
-    for i, spec in enumerate(specs):
-        factory, kwargs = split_spec(spec, METRICS, f"{where}[{i}]")
-        if isinstance(spec, str):
-            name = spec
-        elif "_target_" in spec:
-            name = factory.__name__
-        else:
-            name = next(iter(spec))
-        metric = call_with_kwargs(factory, kwargs, f"metric {name}", f"{where}[{i}]")
-        unique = name if name not in metrics else f"{name}_{i}"
-        metrics[unique] = metric
+    for i, (name, spec) in enumerate(named):
+        metric = build(METRICS, spec, f"{where}[{i}]")
+        metrics[name if name not in metrics else f"{name}_{i}"] = metric
     return metrics
+
+
+def _metric_name(spec: Any) -> str:
+    if isinstance(spec, str):
+        return spec.rpartition(".")[2]
+    if isinstance(spec, Mapping):
+        if "_target_" in spec:
+            return str(spec["_target_"]).rpartition(".")[2]
+        key = next(iter(spec))
+        return key.__name__ if inspect.isclass(key) else str(key).rpartition(".")[2]
+    return spec.__name__ if inspect.isclass(spec) else type(spec).__name__
 
 
 def update_metric(metric: torchmetrics.Metric, preds: Any, targets: Any, extras: dict | None) -> None:

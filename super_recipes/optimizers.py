@@ -12,7 +12,7 @@ Any ``torch.optim`` optimizer by class name (``SGD``, ``Adam``, ``AdamW``, ``RMS
 
 from __future__ import annotations
 
-import importlib
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,21 +29,74 @@ _NORM_TYPES = (
 
 
 def build_optimizer(model: torch.nn.Module, params: Any) -> torch.optim.Optimizer:
-    """The optimizer over ``model``'s trainable parameters, grouped by ``initial_lr`` prefixes and decay."""
-    spec = params.optimizer
-    if isinstance(spec, str) and "." in spec and spec not in OPTIMIZERS:
-        factory, kwargs = _import_optimizer(spec), {}
-    else:
-        factory, kwargs = split_spec(spec, OPTIMIZERS, "training_hyperparams.optimizer")
-    kwargs = {**kwargs, **dict(params.optimizer_params or {})}
+    """The optimizer over ``model``'s trainable parameters, grouped by ``initial_lr`` prefixes and decay.
+
+    ``params.optimizer`` is a spec or class (built here) or, from the Python API, an optimizer instance already
+    built on the model's parameters (used as is; each group's own ``lr`` is its ``initial_lr``).
+    """
+    if isinstance(params.optimizer, torch.optim.Optimizer):
+        return _adopt_optimizer(params.optimizer, model, params)
+    factory, kwargs = optimizer_factory(params)
     groups = parameter_groups(model, params.initial_lr, params.zero_weight_decay_on_bias_and_bn)
     optimizer = call_with_kwargs(
         factory, {"params": groups, "lr": groups[0]["lr"], **kwargs},
-        f"optimizer {getattr(factory, '__name__', spec)}", "training_hyperparams.optimizer_params",
+        f"optimizer {getattr(factory, '__name__', factory)}", "training_hyperparams.optimizer_params",
     )
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return optimizer
+
+
+def optimizer_factory(params: Any) -> tuple[Any, dict[str, Any]]:
+    """(optimizer class, keyword arguments) of ``optimizer`` + ``optimizer_params``."""
+    spec = params.optimizer
+    if inspect.isclass(spec):
+        factory, kwargs = spec, {}
+    else:
+        factory, kwargs = split_spec(spec, OPTIMIZERS, "training_hyperparams.optimizer")
+    return factory, {**kwargs, **dict(params.optimizer_params or {})}
+
+
+def check_optimizer(params: Any) -> None:
+    """Refuse bad ``optimizer_params`` before the model exists: the optimizer is built once on a stand-in
+    parameter, so unknown arguments, wrong types and out-of-range values (``momentum: -1``) surface now."""
+    if isinstance(params.optimizer, torch.optim.Optimizer):
+        _refuse_settings_for_instance(params)
+        return
+    factory, kwargs = optimizer_factory(params)
+    rates = _rates_by_prefix(params.initial_lr)
+    stand_in = [torch.nn.Parameter(torch.zeros(1))]
+    call_with_kwargs(factory, {"params": stand_in, "lr": rates["default"], **kwargs},
+                     f"optimizer {getattr(factory, '__name__', factory)}", "training_hyperparams.optimizer_params")
+
+
+def _adopt_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, params: Any) -> torch.optim.Optimizer:
+    _refuse_settings_for_instance(params)
+    own = {id(p) for p in model.parameters()}
+    foreign = sum(1 for group in optimizer.param_groups for p in group["params"] if id(p) not in own)
+    if foreign:
+        raise RecipeError(
+            f"training_hyperparams.optimizer: {foreign} parameter(s) of the given {type(optimizer).__name__} are not "
+            "parameters of the model being trained (was it built on another model, or on a copy?). Build it on "
+            "model.parameters() of the model you pass to train().")
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return optimizer
+
+
+def _refuse_settings_for_instance(params: Any) -> None:
+    given = getattr(params, "given_keys", frozenset())
+    ignored = [key for key in ("optimizer_params", "zero_weight_decay_on_bias_and_bn")
+               if key in given and getattr(params, key)]
+    optimizer = params.optimizer
+    rates = {group["lr"] for group in optimizer.param_groups}
+    if "initial_lr" in given and rates != {params.initial_lr}:
+        ignored.append(f"initial_lr (the optimizer's rates are {sorted(rates)})")
+    if ignored:
+        raise RecipeError(
+            f"training_hyperparams.optimizer is an optimizer instance, already configured, so these keys would "
+            f"be ignored: {', '.join(ignored)}. Set them when you build the optimizer, or pass its class "
+            f"({type(optimizer).__name__}) instead of an instance.")
 
 
 def parameter_groups(model: torch.nn.Module, initial_lr: Any, zero_decay_on_bias_and_norm: bool) -> list[dict]:
@@ -101,9 +154,3 @@ def _bias_and_norm_parameters(model: torch.nn.Module) -> set[int]:
     return ids
 
 
-def _import_optimizer(path: str) -> Any:
-    module_name, _, attr = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise RecipeError(f"training_hyperparams.optimizer: cannot import '{path}': {err}") from None

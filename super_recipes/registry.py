@@ -1,15 +1,20 @@
 """String-keyed registries that turn recipe names into models, losses, metrics, callbacks, data and schedules.
 
-A recipe value that names an object may be:
+The object-spec grammar, the same for every key and reader (:func:`build`, :func:`build_list`,
+:func:`resolve_callable`):
 
-* a string ``Name``;
+* a string ``Name`` (registered), or a dotted path ``package.module.Name``;
 * a one-key mapping ``{Name: {kwargs}}``;
-* a list of those;
-* a Hydra ``_target_`` node (``{_target_: package.module.Class, arg: 1}``).
+* a Hydra ``_target_`` node (``{_target_: package.module.Class, arg: 1}``);
+* a list of those, where a key takes several;
+* from the Python API, the object itself (used as is) or a class (instantiated).
 
 Built-in entries live in the modules listed per registry and are imported on first lookup, so that importing
-``super_recipes`` stays cheap. Some registries also fall back to a library namespace (``torch.nn`` losses,
-``torch.optim`` optimizers, ``torchmetrics`` metrics, ``torchvision.transforms.v2`` transforms).
+``super_recipes`` stays cheap. Task packages (``super_recipes/<task>/``) declare their own modules in a
+``registry_modules.py`` (``REGISTRY_MODULES = {"models": [...], ...}``); those are imported only when a name is
+not found among the built-ins, so a classification run never imports the detection package. Some registries
+also fall back to a library namespace (``torch.nn`` losses, ``torch.optim`` optimizers, ``torchmetrics``
+metrics, ``torchvision.transforms.v2`` transforms).
 
 ``python -m super_recipes.registry [KIND]`` lists the registered names.
 """
@@ -20,6 +25,7 @@ import importlib
 import inspect
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from super_recipes.errors import RecipeError, unknown_name_message
@@ -31,13 +37,13 @@ class Registry:
     """A named table of objects (classes or factory functions)."""
 
     def __init__(self, kind: str, builtin_modules: Iterable[str] = (), fallback: Fallback | None = None,
-                 on_demand_modules: Iterable[str] = ()):
+                 key: str | None = None):
         self.kind = kind
+        # The name task packages use for this registry in their REGISTRY_MODULES (``models``, ``losses``...).
+        self.key = key or f"{kind.replace(' ', '_')}s"
         self._entries: dict[str, Any] = {}
         self._builtin_modules = tuple(builtin_modules)
         self._builtins_loaded = False
-        # Heavier built-ins (detection) are imported only when a name is not found among the others.
-        self._on_demand_modules = tuple(on_demand_modules)
         self._on_demand_loaded = False
         self._fallback = fallback
         self._fallback_entries: Mapping[str, Any] | None = None
@@ -71,12 +77,13 @@ class Registry:
     def _load_on_demand(self) -> None:
         if not self._on_demand_loaded:
             self._on_demand_loaded = True
-            for module in self._on_demand_modules:
+            for module in self.on_demand_modules:
                 importlib.import_module(module)
 
     @property
     def on_demand_modules(self) -> tuple[str, ...]:
-        return self._on_demand_modules
+        """The modules task packages declare for this registry (imported when a name is not a built-in)."""
+        return tuple(module for modules in task_registry_modules().values() for module in modules.get(self.key, ()))
 
     def _fallbacks(self) -> Mapping[str, Any]:
         if self._fallback is None:
@@ -102,7 +109,8 @@ class Registry:
         return sorted(names)
 
     def get(self, name: str, where: str = "") -> Any:
-        """The registered object for ``name``; a :class:`RecipeError` with the closest names otherwise."""
+        """The object registered as ``name`` (or at the dotted path ``name``); a RecipeError with the closest
+        names otherwise."""
         if not isinstance(name, str):
             raise RecipeError(f"Expected a {self.kind} name (a string) {_at(where)}but got {name!r}.")
         self._load_builtins()
@@ -115,7 +123,28 @@ class Registry:
         self._load_on_demand()
         if name in self._entries:
             return self._entries[name]
+        if "." in name.strip("."):
+            return import_dotted(name, where)
         raise RecipeError(unknown_name_message(self.kind, name, self.names(), where))
+
+
+def task_registry_modules() -> dict[str, dict[str, list[str]]]:
+    """``{task package: REGISTRY_MODULES}`` for every ``super_recipes/<task>/registry_modules.py`` (cached).
+
+    Finding them reads the folder listing only; the declaration module is tiny and imports nothing heavy.
+    """
+    global _TASK_MODULES
+    if _TASK_MODULES is None:
+        package_dir = Path(__file__).resolve().parent
+        found = {}
+        for declaration in sorted(package_dir.glob("*/registry_modules.py")):
+            module = importlib.import_module(f"super_recipes.{declaration.parent.name}.registry_modules")
+            found[declaration.parent.name] = dict(module.REGISTRY_MODULES)
+        _TASK_MODULES = found
+    return _TASK_MODULES
+
+
+_TASK_MODULES: dict[str, dict[str, list[str]]] | None = None
 
 
 def _same_object(a: Any, b: Any) -> bool:
@@ -136,7 +165,7 @@ def _public_classes(module_name: str, base: str | None = None, suffix: str = "")
 
     def load() -> dict[str, Any]:
         module = importlib.import_module(module_name)
-        base_cls = _import_dotted(base) if base else None
+        base_cls = import_dotted(base) if base else None
         out = {}
         for name in dir(module):
             obj = getattr(module, name)
@@ -149,39 +178,39 @@ def _public_classes(module_name: str, base: str | None = None, suffix: str = "")
     return load
 
 
-def _import_dotted(path: str) -> Any:
+def import_dotted(path: str, where: str = "") -> Any:
+    """The object at ``package.module.attribute``; a RecipeError naming ``where`` when it cannot be imported."""
     module_name, _, attr = path.rpartition(".")
-    return getattr(importlib.import_module(module_name), attr)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise RecipeError(f"Cannot import '{path}' {_at(where)}: {err}") from None
+    if not hasattr(module, attr):
+        names = [n for n in vars(module) if not n.startswith("_")]
+        from super_recipes.errors import did_you_mean
+
+        raise RecipeError(f"Cannot import '{path}' {_at(where)}: module '{module_name}' has no attribute '{attr}'. "
+                          f"{did_you_mean(attr, names)}".rstrip())
+    return getattr(module, attr)
 
 
-MODELS = Registry("model", ["super_recipes.models.classification"],
-                  on_demand_modules=["super_recipes.detection.yolox.model"])
+MODELS = Registry("model", ["super_recipes.models.classification"])
 LOSSES = Registry("loss", ["super_recipes.losses"], _public_classes("torch.nn", "torch.nn.Module", "Loss"),
-                  on_demand_modules=["super_recipes.detection.yolox.loss"])
-METRICS = Registry("metric", ["super_recipes.metrics"], _public_classes("torchmetrics", "torchmetrics.Metric"),
-                   on_demand_modules=["super_recipes.detection.metrics"])
-CALLBACKS = Registry("callback", ["super_recipes.callbacks"],
-                     on_demand_modules=["super_recipes.detection.coco_evaluation",
-                                        "super_recipes.detection.visualization",
-                                        "super_recipes.detection.yolox.stage_switch",
-                                        "super_recipes.detection.yolox.postprocess"])
-DATASETS = Registry("dataset", ["super_recipes.data.shapes", "super_recipes.data.torchvision_datasets"],
-                    on_demand_modules=["super_recipes.detection.datasets"])
-DATALOADERS = Registry("dataloader", ["super_recipes.data.dataloaders"],
-                       on_demand_modules=["super_recipes.detection.dataloaders"])
-TRANSFORMS = Registry(
-    "transform",
-    ["super_recipes.data.transforms"],
-    _public_classes("torchvision.transforms.v2", "torchvision.transforms.v2.Transform"),
-    on_demand_modules=["super_recipes.detection.transforms"],
-)
+                  key="losses")
+METRICS = Registry("metric", ["super_recipes.metrics"], _public_classes("torchmetrics", "torchmetrics.Metric"))
+CALLBACKS = Registry("callback", ["super_recipes.callbacks"])
+DATASETS = Registry("dataset", ["super_recipes.data.shapes", "super_recipes.data.torchvision_datasets"])
+DATALOADERS = Registry("dataloader", ["super_recipes.data.dataloaders"])
+TRANSFORMS = Registry("transform", ["super_recipes.data.transforms"],
+                      _public_classes("torchvision.transforms.v2", "torchvision.transforms.v2.Transform"))
 OPTIMIZERS = Registry("optimizer", [], _public_classes("torch.optim", "torch.optim.Optimizer"))
-LR_SCHEDULES = Registry("LR schedule", ["super_recipes.schedules"])
+LR_SCHEDULES = Registry("LR schedule", ["super_recipes.schedules"], key="lr_schedules")
 # ``lr_schedule_function`` names: plain functions f(initial_lr, epoch, iter, max_epoch, iters_per_epoch) -> lr,
 # kept apart from LR_SCHEDULES (whose entries build a schedule callback from training_hyperparams).
-LR_FUNCTIONS = Registry("LR schedule function", ["super_recipes.schedules"])
-COLLATE_FUNCTIONS = Registry("collate function", ["super_recipes.data.collate"],
-                             on_demand_modules=["super_recipes.detection.collate"])
+LR_FUNCTIONS = Registry("LR schedule function", ["super_recipes.schedules"], key="lr_functions")
+COLLATE_FUNCTIONS = Registry("collate function", ["super_recipes.data.collate"])
+# Callables applied to model outputs or batches (``post_prediction_callback``, ``pre_prediction_callback``).
+PROCESSING = Registry("processing callable", key="processing")
 
 REGISTRIES: dict[str, Registry] = {
     "models": MODELS,
@@ -195,6 +224,7 @@ REGISTRIES: dict[str, Registry] = {
     "lr_schedules": LR_SCHEDULES,
     "lr_functions": LR_FUNCTIONS,
     "collate_functions": COLLATE_FUNCTIONS,
+    "processing": PROCESSING,
 }
 
 register_model = MODELS.register
@@ -208,20 +238,18 @@ register_optimizer = OPTIMIZERS.register
 register_lr_schedule = LR_SCHEDULES.register
 register_lr_function = LR_FUNCTIONS.register
 register_collate_function = COLLATE_FUNCTIONS.register
+register_processing = PROCESSING.register
 
 
 def split_spec(spec: Any, registry: Registry, where: str = "") -> tuple[Any, dict[str, Any]]:
-    """Split one object spec into (factory, kwargs). See the module docstring for the accepted forms."""
+    """Split one recipe spec into (factory, kwargs). See the module docstring for the accepted forms."""
     spec = to_plain(spec)
     if isinstance(spec, str):
         return registry.get(spec, where), {}
     if isinstance(spec, Mapping):
         if "_target_" in spec:
             kwargs = {k: v for k, v in spec.items() if k != "_target_"}
-            try:
-                return _import_dotted(spec["_target_"]), kwargs
-            except (ImportError, AttributeError, ValueError) as err:
-                raise RecipeError(f"Cannot import _target_ '{spec['_target_']}' {_at(where)}: {err}") from None
+            return import_dotted(str(spec["_target_"]), where or "_target_"), kwargs
         if len(spec) == 1:
             (name, kwargs), = spec.items()
             if kwargs is None:
@@ -230,33 +258,65 @@ def split_spec(spec: Any, registry: Registry, where: str = "") -> tuple[Any, dic
                 raise RecipeError(
                     f"Arguments of {registry.kind} '{name}' {_at(where)}must be a mapping, got {kwargs!r}."
                 )
-            return registry.get(name, where), dict(kwargs)
+            factory = name if inspect.isclass(name) else registry.get(name, where)
+            return factory, dict(kwargs)
     raise RecipeError(
         f"Cannot read a {registry.kind} {_at(where)}from {spec!r}: expected a name, a one-key mapping "
         f"{{Name: {{kwargs}}}}, a list of those, or a node with _target_."
     )
 
 
+def is_spec(value: Any) -> bool:
+    """Whether ``value`` is a recipe spec (a name or a mapping) rather than a built object or a class."""
+    return isinstance(value, (str, Mapping)) or type(value).__module__.startswith("omegaconf")
+
+
 def build(registry: Registry, spec: Any, where: str = "", **extra_kwargs: Any) -> Any:
-    """Instantiate one object spec (see the module docstring). ``extra_kwargs`` fill in unspecified args."""
+    """The object a spec describes: an object as is, a class instantiated, a recipe spec built (its factory
+    called with ``extra_kwargs`` filling in unspecified arguments)."""
+    if inspect.isclass(spec):
+        return call_with_kwargs(spec, extra_kwargs, f"{registry.kind} {spec.__name__}", where)
+    if not is_spec(spec):
+        return spec
     factory, kwargs = split_spec(spec, registry, where)
     return call_with_kwargs(factory, {**extra_kwargs, **kwargs}, f"{registry.kind} {_name_of(factory)}", where)
 
 
+def resolve_callable(registry: Registry, spec: Any, where: str = "") -> Callable | None:
+    """A callable from a spec (``None`` stays ``None``): a name or path of a function is that function, of a
+    class an instance; mappings are built and objects used as they are."""
+    if isinstance(spec, str):
+        target = registry.get(spec, where)
+        return call_with_kwargs(target, {}, f"{registry.kind} {_name_of(target)}", where) \
+            if inspect.isclass(target) else target
+    if spec is None:
+        return None
+    built = build(registry, spec, where)
+    if not callable(built):
+        raise RecipeError(f"{where or registry.kind}: expected a callable, got {built!r}.")
+    return built
+
+
 def build_list(registry: Registry, specs: Any, where: str = "") -> list[Any]:
-    """Instantiate a list of object specs; ``None`` gives an empty list and a single spec a one-item list."""
+    """:func:`build` each entry; ``None`` gives an empty list and a single spec a one-item list."""
     specs = to_plain(specs)
     if specs is None:
         return []
-    if not isinstance(specs, list):
+    if not isinstance(specs, (list, tuple)):
         specs = [specs]
     return [build(registry, spec, f"{where}[{i}]" if where else "") for i, spec in enumerate(specs)]
 
 
 def call_with_kwargs(factory: Callable, kwargs: dict[str, Any], what: str, where: str = "") -> Any:
-    """Call ``factory(**kwargs)``, turning an unknown or missing argument into a RecipeError naming it."""
+    """Call ``factory(**kwargs)``: an unknown or missing argument, or a value the factory itself refuses
+    (``TypeError``/``ValueError`` raised while building), becomes a RecipeError naming ``what`` and ``where``."""
     check_arguments(factory, kwargs, what, where)
-    return factory(**kwargs)
+    try:
+        return factory(**kwargs)
+    except RecipeError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"Cannot build {what}{f' at {where}' if where else ''} with {kwargs}: {err}") from err
 
 
 def check_arguments(factory: Callable, kwargs: dict[str, Any], what: str, where: str = "") -> None:
@@ -285,7 +345,20 @@ def _argument_problem(factory: Callable, kwargs: dict[str, Any]) -> str:
         n for n, p in params.items()
         if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in kwargs
     ]
-    return f"missing required argument(s) {missing}" if missing else ""
+    if missing:
+        return f"missing required argument(s) {missing}"
+    wrong = [_type_problem(name, params[name].default, value) for name, value in kwargs.items()]
+    return "; ".join(w for w in wrong if w)
+
+
+def _type_problem(name: str, default: Any, value: Any) -> str:
+    """A string where the default is a number or a flag is a mistake: say so before the factory trips on it."""
+    if isinstance(default, bool):
+        return "" if isinstance(value, (bool, int)) and not isinstance(value, str) else (
+            f"{name} expects true or false (its default is {default}), got {value!r}")
+    if isinstance(default, (int, float)) and isinstance(value, (str, bool)):
+        return f"{name} expects a number (its default is {default}), got {value!r}"
+    return ""
 
 
 def _name_of(obj: Any) -> str:

@@ -30,14 +30,21 @@ They are also set at ``on_train_loader_start``, so the epoch's ``lr`` in ``metri
 
 from __future__ import annotations
 
-import importlib
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
 
 from super_recipes.callbacks.base import Callback, PhaseContext
 from super_recipes.errors import RecipeError, did_you_mean
-from super_recipes.registry import LR_FUNCTIONS, LR_SCHEDULES, register_lr_function, register_lr_schedule
+from super_recipes.registry import (
+    LR_FUNCTIONS,
+    LR_SCHEDULES,
+    register_lr_function,
+    register_lr_schedule,
+    resolve_callable,
+    to_plain,
+)
 from super_recipes.torch_schedules import TorchLRScheduler, torch_scheduler_classes
 
 WARMUP_MODES = ("LinearEpochLRWarmup", "LinearBatchLRWarmup")
@@ -252,26 +259,11 @@ def linear_decay(initial_lr: float, epoch: int, iter: int, max_epoch: int, iters
 def resolve_lr_function(spec: Any) -> Callable[..., float]:
     """``training_hyperparams.lr_schedule_function``: a registered name, a dotted path or a callable."""
     where = "training_hyperparams.lr_schedule_function"
-    if callable(spec):
-        return spec
     if spec is None:
         raise RecipeError(f"lr_mode: function needs {where}: a registered name or a dotted path to "
                           "f(initial_lr, epoch, iter, max_epoch, iters_per_epoch) -> lr. "
                           f"Registered: {', '.join(LR_FUNCTIONS.names()) or 'none'}")
-    if not isinstance(spec, str):
-        raise RecipeError(f"{where} must be a name or a dotted path, got {spec!r}.")
-    if spec in LR_FUNCTIONS or "." not in spec:
-        return LR_FUNCTIONS.get(spec, where)
-    module_name, _, attr = spec.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise RecipeError(f"{where}: cannot import module '{module_name}' of '{spec}': {err}") from None
-    function = getattr(module, attr, None)
-    if not callable(function):
-        names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-        raise RecipeError(f"{where}: '{module_name}' has no function '{attr}'. {did_you_mean(attr, names)}".rstrip())
-    return function
+    return resolve_callable(LR_FUNCTIONS, spec, where)
 
 
 def build_lr_schedule(params: Any) -> Callback | None:
@@ -282,6 +274,12 @@ def build_lr_schedule(params: Any) -> Callback | None:
     of one. Every mistake is a RecipeError raised here, before training starts.
     """
     mode = to_plain(params.lr_mode)
+    if isinstance(mode, Callback):
+        return mode  # built already (Python API, or the recipe runner's hand-over)
+    if inspect.isclass(mode) and issubclass(mode, Callback):
+        return mode(params)
+    if _is_torch_scheduler(mode):
+        return TorchLRScheduler(mode, None, params)
     epochs, steps = check_warmup(params)
     if mode != "function" and params.lr_schedule_function is not None:
         raise RecipeError("training_hyperparams.lr_schedule_function is only read by lr_mode: function "
@@ -291,6 +289,8 @@ def build_lr_schedule(params: Any) -> Callback | None:
     name, kwargs = mode, None
     if isinstance(mode, dict) and len(mode) == 1:
         (name, kwargs), = mode.items()
+    if _is_torch_scheduler(name) and inspect.isclass(name):
+        return TorchLRScheduler(name, kwargs or {}, params)
     if not isinstance(name, str):
         raise RecipeError(f"training_hyperparams.lr_mode: expected a schedule name or {{TorchScheduler: "
                           f"{{kwargs}}}}, got {mode!r}.")
@@ -308,9 +308,10 @@ def build_lr_schedule(params: Any) -> Callback | None:
                       f"{', '.join(torch_classes)}")
 
 
-def to_plain(value: Any) -> Any:
-    if type(value).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
+def _is_torch_scheduler(value: Any) -> bool:
+    from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+    kinds = (LRScheduler, ReduceLROnPlateau)
+    return isinstance(value, kinds) or (inspect.isclass(value) and issubclass(value, kinds))
+
+

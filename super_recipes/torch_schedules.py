@@ -41,39 +41,66 @@ def torch_scheduler_classes() -> dict[str, type]:
 
 
 class TorchLRScheduler(Callback):
-    """Drives one ``torch.optim.lr_scheduler`` instance (built at ``on_training_start``, once the optimizer exists)."""
+    """Drives one ``torch.optim.lr_scheduler`` scheduler.
+
+    ``scheduler`` is a class name, a class (built at ``on_training_start`` on the training optimizer with
+    ``kwargs``), or, from the Python API, an instance already built on the optimizer passed as
+    ``training_hyperparams.optimizer``. ``params`` (the training params) supply the ReduceLROnPlateau direction
+    and refuse warmup/cooldown keys.
+    """
 
     order = 10
 
-    def __init__(self, name: str, kwargs: dict[str, Any], params: Any):
+    def __init__(self, scheduler: Any, kwargs: dict[str, Any] | None = None, params: Any = None,
+                 phase: str | None = None):
         from torch.optim.lr_scheduler import ReduceLROnPlateau
 
         classes = torch_scheduler_classes()
-        if name not in classes:
-            raise RecipeError(unknown_name_message("torch.optim.lr_scheduler class", name, classes, WHERE))
+        kwargs = {} if kwargs is None else kwargs
         if not isinstance(kwargs, dict):
-            raise RecipeError(f"Arguments of lr_mode {name} must be a mapping, got {kwargs!r}.")
-        self.name, self.cls = name, classes[name]
+            raise RecipeError(f"Arguments of lr_mode {scheduler} must be a mapping, got {kwargs!r}.")
         self.kwargs = dict(kwargs)
-        self.phase = self.kwargs.pop("phase", "epoch")
+        self.phase = phase or self.kwargs.pop("phase", "epoch")
+        self.scheduler: Any = None
+        if isinstance(scheduler, str):
+            if scheduler not in classes:
+                raise RecipeError(unknown_name_message("torch.optim.lr_scheduler class", scheduler, classes, WHERE))
+            self.cls = classes[scheduler]
+        elif inspect.isclass(scheduler):
+            self.cls = scheduler
+        else:
+            self.cls, self.scheduler = type(scheduler), scheduler
+            if self.kwargs:
+                raise RecipeError(f"{WHERE}: the scheduler {type(scheduler).__name__} is already built; "
+                                  f"arguments {self.kwargs} cannot apply to it.")
+        self.name = self.cls.__name__
         if self.phase not in PHASES:
-            raise RecipeError(f"{WHERE}.{name}.phase must be one of {', '.join(PHASES)}, got {self.phase!r}.")
+            raise RecipeError(f"{WHERE}.{self.name}.phase must be one of {', '.join(PHASES)}, got {self.phase!r}.")
         self.plateau = issubclass(self.cls, ReduceLROnPlateau)
         if self.plateau:
             if self.phase != "epoch":
                 raise RecipeError(f"{WHERE}: ReduceLROnPlateau steps on validation results, so phase must be epoch.")
-            self.kwargs.setdefault("mode", "max" if params.greater_metric_to_watch_is_better else "min")
-        _refuse_warmup_and_cooldown(name, params)
-        _check_arguments(self.cls, name, self.kwargs)
-        self.scheduler: Any = None
+            if self.scheduler is None and params is not None:
+                self.kwargs.setdefault("mode", "max" if params.greater_metric_to_watch_is_better else "min")
+        if params is not None:
+            _refuse_warmup_and_cooldown(self.name, params)
+        if self.scheduler is None:
+            _check_arguments(self.cls, self.name, self.kwargs)
         self._pending_state: dict[str, Any] | None = None
         self._restored = False
 
     def on_training_start(self, context: PhaseContext) -> None:
-        try:
-            self.scheduler = self.cls(context.optimizer, **self.kwargs)
-        except (TypeError, ValueError, KeyError) as err:
-            raise RecipeError(f"Cannot build lr_mode {self.name} with {self.kwargs}: {err}") from None
+        if self.scheduler is not None:
+            if self.scheduler.optimizer is not context.optimizer:
+                raise RecipeError(
+                    f"{WHERE}: the {self.name} instance was built on another optimizer than the one training "
+                    "uses. Pass that optimizer as training_hyperparams.optimizer too, or pass the scheduler class "
+                    "with its arguments ({SchedulerClass: {kwargs}}).")
+        else:
+            try:
+                self.scheduler = self.cls(context.optimizer, **self.kwargs)
+            except (TypeError, ValueError, KeyError) as err:
+                raise RecipeError(f"Cannot build lr_mode {self.name} with {self.kwargs}: {err}") from None
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None

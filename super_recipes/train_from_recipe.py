@@ -2,8 +2,11 @@
 
 With no ``--config-name`` it runs the built-in offline recipe ``shapes_resnet``. Overrides use Hydra's grammar
 (``training_hyperparams.max_epochs=3``, ``dataset_params=cifar10_dataset_params``) plus the shortcuts in
-:data:`super_recipes.recipe.SHORTCUTS` (``epochs=``, ``lr=``, ``batch_size=``...). Hydra's ``--cfg job``,
-``--info`` and ``--config-dir DIR`` work as usual. Outputs go to ``<ckpt_root_dir>/<experiment_name>/`` only.
+:data:`super_recipes.config.compose.SHORTCUTS` (``epochs=``, ``lr=``, ``batch_size=``...), in any order with
+the flags. ``--config-dir DIR`` adds a recipe folder; ``--cfg job [--resolve]`` prints the composed recipe.
+The recipe is composed with Hydra's compose API, so every mistake is reported in one screen; Hydra's own
+``--info``, ``--help``, ``--hydra-help``, ``--cfg hydra|all`` and ``--multirun`` are handed to Hydra's main.
+Outputs go to ``<ckpt_root_dir>/<experiment_name>/`` only.
 """
 
 from __future__ import annotations
@@ -11,22 +14,25 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from super_recipes.config.compose import DEFAULT_RECIPE, RecipeSource, check_recipe_exists, expand_shortcuts
 from super_recipes.errors import RecipeError, did_you_mean
 from super_recipes.paths import recipes_dir
-from super_recipes.recipe import (
-    DEFAULT_RECIPE,
-    RecipeSource,
-    check_recipe_exists,
-    check_top_level,
-    expand_shortcuts,
-    import_user_modules,
-)
 
 RECIPE_FILE_NAME = "recipe.yaml"
 _USER_ARGS: list[str] = []  # the command line as typed, for the resume hint after an interruption
+
+# Flags with a value, and flags without one.
+VALUE_FLAGS = {"--config-name": "config_name", "-cn": "config_name", "--config-dir": "config_dir",
+               "-cd": "config_dir", "--cfg": "cfg", "-c": "cfg", "--package": "package", "-p": "package"}
+SWITCHES = {"--resolve": "resolve"}
+# Hydra features we do not reimplement: the command line goes to Hydra's main as it is.
+HYDRA_FLAGS = ("--info", "-i", "--help", "-h", "--hydra-help", "--version", "--multirun", "-m", "--run", "-r",
+               "--shell-completion", "-sc", "--config-path", "-cp", "--experimental-rerun")
+CFG_CHOICES = ("job", "hydra", "all")
 
 # Keep Hydra from creating outputs/DATE/TIME folders, .hydra copies and its own log files: every output of a run
 # belongs in <ckpt_root_dir>/<experiment_name>/.
@@ -38,76 +44,94 @@ HYDRA_QUIET_OVERRIDES = {
 }
 
 
-def prepare_argv(argv: Sequence[str]) -> list[str]:
-    """Expand shortcuts, default the recipe name, silence Hydra's own outputs, and pre-check what we can."""
-    argv = expand_shortcuts(argv)
-    config_name, config_dirs = _option(argv, "--config-name", "-cn"), _option(argv, "--config-dir", "-cd")
-    if config_name is None:
-        argv = [f"--config-name={DEFAULT_RECIPE}", *argv]
-        config_name = DEFAULT_RECIPE
-    check_recipe_exists(config_name, [Path(config_dirs).resolve()] if config_dirs else [])
-    _check_training_overrides(argv)
-    if any(arg in ("--info", "-i", "--help", "-h", "--hydra-help") for arg in argv):
-        return argv  # nothing runs, nothing is written; `--info` would also read an appended override as its choice
-    present = {arg.split("=", 1)[0].lstrip("+~") for arg in argv}
-    return [*argv, *(o for key, o in HYDRA_QUIET_OVERRIDES.items() if key not in present)]
+@dataclass
+class CommandLine:
+    """The parsed command line: options, overrides (as typed), and whether Hydra's main must handle it."""
+
+    config_name: str = DEFAULT_RECIPE
+    config_dir: str | None = None
+    cfg: str | None = None
+    package: str | None = None
+    resolve: bool = False
+    overrides: list[str] = field(default_factory=list)
+    hydra_flags: list[str] = field(default_factory=list)
+
+    @property
+    def for_hydra(self) -> bool:
+        return bool(self.hydra_flags) or self.cfg in ("hydra", "all")
 
 
-def _option(argv: Sequence[str], long: str, short: str) -> str | None:
-    for i, arg in enumerate(argv):
-        for flag in (long, short):
-            if arg.startswith(flag + "="):
-                return arg.split("=", 1)[1]
-            if arg == flag and i + 1 < len(argv):
-                return argv[i + 1]
-    return None
-
-
-def _check_training_overrides(argv: Sequence[str]) -> None:
-    # Hydra refuses an override of a missing key but names no alternative; we know the schema, so we do.
-    from super_recipes.training_params import training_param_names
-
-    valid = training_param_names()
-    for arg in argv:
-        key = arg.split("=", 1)[0].lstrip("+~")
-        if key.startswith("training_hyperparams.") and "=" in arg:
-            name = key.split(".")[1]
-            if name not in valid:
-                raise RecipeError(f"Unknown key training_hyperparams.{name} (command-line override '{arg}'). "
-                                  f"{did_you_mean(name, valid)}".rstrip())
+def parse_command_line(argv: Sequence[str]) -> CommandLine:
+    """Flags and overrides in any order (``epochs=2 --cfg job`` works as well as ``--cfg job epochs=2``)."""
+    line = CommandLine()
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag, has_value, value = arg.partition("=")
+        if flag in VALUE_FLAGS and arg.startswith("-"):
+            if not has_value:
+                if i + 1 >= len(args):
+                    raise RecipeError(f"{flag} needs a value.")
+                i, value = i + 1, args[i + 1]
+            setattr(line, VALUE_FLAGS[flag], value)
+        elif arg in SWITCHES:
+            setattr(line, SWITCHES[arg], True)
+        elif flag in HYDRA_FLAGS:
+            line.hydra_flags.append(arg)
+            if flag in ("--info", "-i", "--config-path", "-cp", "--experimental-rerun") and not has_value \
+                    and i + 1 < len(args) and "=" not in args[i + 1] and not args[i + 1].startswith("-"):
+                i += 1
+                line.hydra_flags.append(args[i])
+        elif arg.startswith("-"):
+            known = [*VALUE_FLAGS, *SWITCHES, *HYDRA_FLAGS]
+            raise RecipeError(f"Unknown option '{arg}'. {did_you_mean(flag, known) or 'Options: ' + ', '.join(known)}")
+        else:
+            line.overrides.append(arg)
+        i += 1
+    if line.cfg is not None and line.cfg not in CFG_CHOICES:
+        raise RecipeError(f"--cfg must be one of {', '.join(CFG_CHOICES)}, got '{line.cfg}'.")
+    line.config_name = line.config_name.removesuffix(".yaml")
+    return line
 
 
 def run_recipe(cfg: Any, source: RecipeSource | None = None) -> dict[str, float]:
-    """Validate a composed recipe, build everything it names, and train. Returns the last epoch's record."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    """Check a composed recipe, build everything it names, and train. Returns the last epoch's record.
 
-    from super_recipes import dataloaders, models
-    from super_recipes.models.weights import load_initial_weights
-    from super_recipes.engine.reproducibility import seed_everything
-    from super_recipes.engine.trainer import Trainer
-    from super_recipes.training_params import parse_training_params
+    Order: imports, interpolations, top-level keys, ``training_hyperparams`` (schema), then the objects it
+    names are built (loss, metrics, callbacks, schedule; optimizer dry-run), the model and loader names and
+    the devices are checked: all before any model or data is built.
+    """
+    from super_recipes.config.compose import import_user_modules, resolve_recipe
+    from super_recipes.config.instantiate import instantiate_training, with_components
+    from super_recipes.config.top_level import check_top_level
+    from super_recipes.config.training_params import parse_training_params
 
     import_user_modules(cfg, source)
-    try:
-        OmegaConf.resolve(cfg)
-    except OmegaConfBaseException as err:
-        raise RecipeError(f"Cannot resolve the recipe: {str(err).splitlines()[0]}") from None
-    check_top_level(cfg, source)
+    resolve_recipe(cfg)
+    origin = source.origin if source else None
+    check_top_level(cfg, origin)
     params = parse_training_params(
-        cfg.training_hyperparams,
-        origin=(lambda key: source.origin(f"training_hyperparams.{key}")) if source else None,
-    )
-    check_names(cfg, params)
-    processes = check_devices(cfg)
+        cfg.training_hyperparams, origin=(lambda key: source.origin(f"training_hyperparams.{key}")) if source else None)
+    components = instantiate_training(params)
+    _check_names(cfg)
+    processes = _requested_processes(cfg)
     from super_recipes.callbacks.loggers import configure_console_logging
+    from super_recipes.engine.distributed import launched_by_torchrun
 
     # Weight-loading reports print before training starts; ranks other than 0 stay quiet.
     configure_console_logging(silent=params.silent_mode, errors_only=os.environ.get("RANK", "0") != "0")
-    from super_recipes.engine.distributed import launched_by_torchrun
-
     if processes > 1 and not launched_by_torchrun():
         return _launch_distributed(cfg, processes)
+    return _train(cfg, with_components(params, components))
+
+
+def _train(cfg: Any, params: Any) -> dict[str, float]:
+    from super_recipes import dataloaders, models
+    from super_recipes.engine.distributed import launched_by_torchrun, leave_process_group
+    from super_recipes.engine.reproducibility import seed_everything
+    from super_recipes.engine.trainer import Trainer
+    from super_recipes.models.weights import load_initial_weights
 
     seed_everything(params.seed, params.deterministic)  # before the model is built: its init is seeded
     model = models.get(cfg.architecture, arch_params=cfg.get("arch_params") or {})
@@ -125,70 +149,37 @@ def run_recipe(cfg: Any, source: RecipeSource | None = None) -> dict[str, float]
         )
     trainer = Trainer(cfg.get("experiment_name") or cfg.architecture, cfg.get("ckpt_root_dir"),
                       device=cfg.get("device"), recipe=cfg)
-    if launched_by_torchrun():
-        from super_recipes.engine.distributed import leave_process_group
-
-        success = False
-        try:
-            record = _train_with(trainer, cfg, model, params, train_loader, valid_loader)
-            success = True
-            return record
-        finally:
-            leave_process_group(success)
-    return _train_with(trainer, cfg, model, params, train_loader, valid_loader)
-
-
-def _train_with(trainer: Any, cfg: Any, model: Any, params: Any, train_loader: Any, valid_loader: Any) -> dict:
-    from omegaconf import OmegaConf
-
-    if os.environ.get("RANK", "0") == "0":
-        trainer.experiment_dir.mkdir(parents=True, exist_ok=True)
-        (trainer.experiment_dir / RECIPE_FILE_NAME).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return trainer.train(model=model, training_params=params, train_loader=train_loader,
-                         valid_loader=valid_loader)
+    if not launched_by_torchrun():
+        return trainer.train(model=model, training_params=params, train_loader=train_loader,
+                             valid_loader=valid_loader)
+    success = False
+    try:
+        record = trainer.train(model=model, training_params=params, train_loader=train_loader,
+                               valid_loader=valid_loader)
+        success = True
+        return record
+    finally:
+        leave_process_group(success)
 
 
-def check_names(cfg: Any, params: Any) -> None:
-    """Look up every registry name the recipe uses, so a typo fails before anything heavy is built."""
-    from omegaconf import OmegaConf
+def _check_names(cfg: Any) -> None:
+    """The model and dataloader names, and the model's arguments, before anything heavy is built."""
+    from super_recipes.registry import DATALOADERS, MODELS, check_arguments, to_plain
 
-    from super_recipes.registry import (
-        CALLBACKS,
-        DATALOADERS,
-        LOSSES,
-        METRICS,
-        MODELS,
-        OPTIMIZERS,
-        check_arguments,
-        split_spec,
-    )
-
-    arch_params = OmegaConf.to_container(cfg.get("arch_params") or OmegaConf.create({}), resolve=True)
+    arch_params = to_plain(cfg.get("arch_params")) or {}
     check_arguments(MODELS.get(cfg.architecture, "architecture"), arch_params, f"model '{cfg.architecture}'",
                     "arch_params")
     for key in ("train_dataloader", "val_dataloader"):
         if cfg.get(key):
             DATALOADERS.get(cfg[key], key)
-    split_spec(params.loss, LOSSES, "training_hyperparams.loss")
-    if not (isinstance(params.optimizer, str) and "." in params.optimizer):
-        split_spec(params.optimizer, OPTIMIZERS, "training_hyperparams.optimizer")
-    from super_recipes.schedules import build_lr_schedule
-
-    build_lr_schedule(params)  # cheap, and checks every schedule key
-    for key, registry in (("train_metrics_list", METRICS), ("valid_metrics_list", METRICS),
-                          ("phase_callbacks", CALLBACKS)):
-        specs = getattr(params, key) or []
-        for i, spec in enumerate(specs if isinstance(specs, list) else [specs]):
-            split_spec(spec, registry, f"training_hyperparams.{key}[{i}]")
 
 
-def check_devices(cfg: Any) -> int:
-    """``device``, ``num_gpus``, ``multi_gpu``: refuse what cannot run; returns the processes to launch here."""
-    from super_recipes.engine.devices import resolve_device
+def _requested_processes(cfg: Any) -> int:
+    """``num_gpus`` / ``multi_gpu`` / ``device``: how many processes to launch here (1: no DDP)."""
+    from super_recipes.config.top_level import normalize_multi_gpu
     from super_recipes.engine.distributed import requested_processes
 
-    resolve_device(cfg.get("device"))
-    return requested_processes(cfg)
+    return requested_processes({**cfg, "multi_gpu": normalize_multi_gpu(cfg.get("multi_gpu", "Off"))})
 
 
 def _launch_distributed(cfg: Any, processes: int) -> dict[str, float]:
@@ -206,22 +197,66 @@ def _launch_distributed(cfg: Any, processes: int) -> dict[str, float]:
     return {}
 
 
+def _print_job_config(line: CommandLine) -> None:
+    from omegaconf import OmegaConf
+
+    from super_recipes.config.compose import compose_recipe
+
+    cfg, _ = compose_recipe(line.config_name, line.overrides, line.config_dir)
+    if line.package:
+        for part in line.package.split("."):
+            if part not in cfg:
+                raise RecipeError(f"--package {line.package}: the recipe has no key '{part}'. "
+                                  f"{did_you_mean(part, [str(k) for k in cfg])}".rstrip())
+            cfg = cfg[part]
+    print(OmegaConf.to_yaml(cfg, resolve=line.resolve) if OmegaConf.is_config(cfg) else cfg)
+
+
+def _run_hydra_main(line: CommandLine) -> None:
+    """Hand the command line to Hydra's main (``--info``, ``--help``, ``--multirun``, ``--cfg hydra``...)."""
+    import hydra
+
+    argv = [f"--config-name={line.config_name}"]
+    if line.config_dir:
+        argv += ["--config-dir", line.config_dir]
+    if line.cfg:
+        argv += ["--cfg", line.cfg]
+    if line.package:
+        argv += ["--package", line.package]
+    if line.resolve:
+        argv.append("--resolve")
+    overrides = expand_shortcuts(line.overrides)
+    if not any(flag in line.hydra_flags for flag in ("--info", "-i", "--help", "-h", "--hydra-help")):
+        present = {arg.split("=", 1)[0].lstrip("+~") for arg in overrides}
+        overrides += [o for key, o in HYDRA_QUIET_OVERRIDES.items() if key not in present]
+    if line.config_dir:
+        overrides.append(f"hydra.searchpath=[file://{recipes_dir()}]")
+    sys.argv = [sys.argv[0], *line.hydra_flags, *argv, *overrides]
+    hydra.main(config_path=str(recipes_dir()), config_name=None, version_base=None)(_hydra_task)()
+
+
 def _hydra_task(cfg: Any) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict
+
+    from super_recipes.config.compose import parse_overrides
 
     hydra_cfg = HydraConfig.get()
     search_dirs = [Path(s.path) for s in hydra_cfg.runtime.config_sources if s.provider in ("main", "command-line")
                    and s.schema == "file"]
     source = RecipeSource(hydra_cfg.job.config_name, search_dirs or [recipes_dir()],
-                          dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task))
+                          dict(hydra_cfg.runtime.choices), parse_overrides(list(hydra_cfg.overrides.task)))
     OmegaConf.set_struct(cfg, False)
     with open_dict(cfg):
         cfg.pop("hydra", None)
+    _run_reporting_errors(lambda: run_recipe(cfg, source))
+
+
+def _run_reporting_errors(task: Any) -> None:
     from super_recipes.engine.interrupts import TrainingInterrupted
 
     try:
-        run_recipe(cfg, source)
+        task()
     except RecipeError as err:
         _exit_with(err)
     except TrainingInterrupted as stop:
@@ -246,16 +281,41 @@ def _exit_with(err: RecipeError) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m super_recipes.train_from_recipe`` and ``super-recipes-train``."""
-    import hydra
-
     user_args = list(sys.argv[1:] if argv is None else argv)
     _USER_ARGS[:] = [a for a in user_args if a.split("=", 1)[0] not in ("resume", "training_hyperparams.resume")]
     try:
-        args = prepare_argv(user_args)
+        line = parse_command_line(user_args)
+        check_recipe_exists(line.config_name, [Path(line.config_dir).expanduser().resolve()] if line.config_dir
+                            else [])
+        _check_training_override_keys(line.overrides)
     except RecipeError as err:
         _exit_with(err)
-    sys.argv = [sys.argv[0], *args]
-    hydra.main(config_path=str(recipes_dir()), config_name=None, version_base=None)(_hydra_task)()
+    if line.for_hydra:
+        _run_hydra_main(line)
+    elif line.cfg == "job":
+        _run_reporting_errors(lambda: _print_job_config(line))
+    else:
+        def compose_and_run() -> None:
+            from super_recipes.config.compose import compose_recipe
+
+            cfg, source = compose_recipe(line.config_name, line.overrides, line.config_dir)
+            run_recipe(cfg, source)
+
+        _run_reporting_errors(compose_and_run)
+
+
+def _check_training_override_keys(overrides: Sequence[str]) -> None:
+    # Hydra refuses an override of a missing key but names no alternative; we know the schema, so we do.
+    from super_recipes.config.training_params import training_param_names
+
+    valid = training_param_names()
+    for arg in expand_shortcuts(overrides):
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key.startswith("training_hyperparams.") and "=" in arg:
+            name = key.split(".")[1]
+            if name not in valid:
+                raise RecipeError(f"Unknown key training_hyperparams.{name} (command-line override '{arg}'). "
+                                  f"{did_you_mean(name, valid)}".rstrip())
 
 
 if __name__ == "__main__":

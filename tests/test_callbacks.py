@@ -12,9 +12,9 @@ import torch
 from super_recipes import Trainer
 from super_recipes.callbacks import Callback, EarlyStop, LRMonitor, PhaseContext
 from super_recipes.callbacks.averaging import AVERAGE_MODEL, SNAPSHOTS, BestModelsAveraging, build_model_averaging
+from super_recipes.config.training_params import parse_training_params
 from super_recipes.engine.checkpoints import load_checkpoint
 from super_recipes.errors import RecipeError
-from super_recipes.training_params import parse_training_params
 
 QUIET = {"silent_mode": True, "save_model": False}  # each test turns on what it checks
 # Too small to flip any prediction, so the validation accuracy never changes (a rate of 0 means "frozen").

@@ -17,12 +17,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from super_recipes import dataloaders
+from super_recipes.config.compose import compose_recipe, import_user_modules
 from super_recipes.detection.dataset_formats import COCODetectionDataset as COCO2017
 from super_recipes.detection.dataset_formats import COCOFormatDetectionDataset, YoloDarknetFormatDetectionDataset
 from super_recipes.detection.datasets import DetectionImageError
 from super_recipes.detection.synthetic import CLASS_NAMES, ShapesDetectionDataset, ensure_shapes_detection_dataset
 from super_recipes.errors import RecipeError
-from super_recipes.recipe import compose_recipe, import_user_modules
 
 TINYCOCO = Path(os.environ.get("TINYCOCO_DIR", Path(__file__).resolve().parents[2] / "shared/data/tinycoco"))
 

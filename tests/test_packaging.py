@@ -29,7 +29,7 @@ def test_installed_wheel_finds_its_recipes(tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
-    probe = ("import super_recipes.paths as p; from super_recipes.recipe import compose_recipe; "
+    probe = ("import super_recipes.paths as p; from super_recipes.config.compose import compose_recipe; "
              "cfg, _ = compose_recipe('cifar10_resnet', ['epochs=2']); "
              "print(p.recipes_dir()); print(cfg.training_hyperparams.max_epochs)")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(site)},

@@ -156,7 +156,7 @@ def test_untrained_yolox_predicts_inside_the_image_and_keeps_its_mode(jpegs):
 
 
 def test_cli_on_a_checkpoint_of_a_real_run(jpegs, tmp_path):
-    from super_recipes.recipe import compose_recipe
+    from super_recipes.config.compose import compose_recipe
     from super_recipes.train_from_recipe import run_recipe
 
     cfg, source = compose_recipe("shapes_yolox", [

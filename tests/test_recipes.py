@@ -7,11 +7,11 @@ from dataclasses import fields
 import pytest
 from omegaconf import OmegaConf
 
+from super_recipes.config.compose import available_recipes, compose_recipe, expand_shortcuts
+from super_recipes.config.training_params import TrainingParams
 from super_recipes.errors import RecipeError
 from super_recipes.paths import recipes_dir
-from super_recipes.recipe import available_recipes, compose_recipe, expand_shortcuts
 from super_recipes.train_from_recipe import run_recipe
-from super_recipes.training_params import TrainingParams
 
 SHIPPED = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 
@@ -30,12 +30,16 @@ def test_every_recipe_composes_with_all_groups(name):
     TrainingParams(**OmegaConf.to_container(cfg.training_hyperparams))  # every key is known
 
 
-def test_default_train_params_lists_every_key_with_its_default():
+def test_default_train_params_and_readme_table_are_generated_from_the_schema():
+    from super_recipes.config import training_params as schema
+
     listed = OmegaConf.to_container(OmegaConf.load(recipes_dir() / "training_hyperparams" /
                                                    "default_train_params.yaml"))
-    defaults = TrainingParams().to_dict()
     assert list(listed) == [f.name for f in fields(TrainingParams)]
-    assert listed == defaults
+    assert TrainingParams(**listed).to_dict() == TrainingParams().to_dict()
+    assert (recipes_dir() / schema.DEFAULT_YAML).read_text() == schema.render_default_yaml()
+    readme = (recipes_dir().parent / "README.md").read_text()
+    assert schema.render_markdown_table() in readme
 
 
 def test_shortcuts_and_hydra_overrides():
@@ -62,13 +66,22 @@ def test_cifar10_recipe_carries_the_published_setup():
     assert "94.9" in (recipes_dir() / "cifar10_resnet.yaml").read_text()
 
 
-def test_origin_names_the_file_or_override():
-    cfg, source = compose_recipe("cifar10_resnet", ["epochs=3"])
-    assert "command-line override" in source.origin("training_hyperparams.max_epochs")
+def test_origin_names_the_file_line_or_override():
+    from super_recipes.config.training_params import render_default_yaml
+
+    cfg, source = compose_recipe("cifar10_resnet", ["epochs=3", "lr=0.5", "lr=0.7"])
+    assert source.origin("training_hyperparams.max_epochs") == "command-line override 'epochs=3'"
+    # Hydra applies the last of repeated overrides: that is the one named.
+    assert source.origin("training_hyperparams.initial_lr") == "command-line override 'lr=0.7'"
+    assert cfg.training_hyperparams.initial_lr == 0.7
+    lines = (recipes_dir() / "training_hyperparams" / "cifar10_resnet_train_params.yaml").read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.startswith("lr_updates:"))
     assert source.origin("training_hyperparams.lr_updates").endswith(
-        "training_hyperparams/cifar10_resnet_train_params.yaml")
-    assert source.origin("training_hyperparams.seed").endswith("training_hyperparams/default_train_params.yaml")
-    assert source.origin("architecture").endswith("cifar10_resnet.yaml")
+        f"training_hyperparams/cifar10_resnet_train_params.yaml:{line}")
+    seed_line = render_default_yaml().splitlines().index("seed: 42") + 1
+    assert source.origin("training_hyperparams.seed").endswith(
+        f"training_hyperparams/default_train_params.yaml:{seed_line}")
+    assert ".yaml:" in source.origin("architecture") and "cifar10_resnet.yaml" in source.origin("architecture")
 
 
 def test_user_config_dir_uses_shipped_groups(tmp_path):

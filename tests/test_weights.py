@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from super_recipes import models
+from super_recipes.config.compose import compose_recipe
 from super_recipes.engine.checkpoints import save_checkpoint
 from super_recipes.errors import RecipeError
 from super_recipes.models import pretrained
@@ -27,7 +28,6 @@ from super_recipes.models.weights import (
     load_weights,
     normalize_strict_load,
 )
-from super_recipes.recipe import compose_recipe
 
 TINY = "resnet_tiny_cifar"
 HEAD = ["fc.weight", "fc.bias"]

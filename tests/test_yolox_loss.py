@@ -239,7 +239,8 @@ def mixing_loader(data_dir, **dataloader_params) -> torch.utils.data.DataLoader:
 
 
 def context(loader, epoch: int, max_epochs: int = 10, loss_fn=None) -> PhaseContext:
-    # What the trainer holds: its training loader wraps the dataset in BatchSeededDataset.
+    # What the trainer holds: its rebuilt, resumable training loader (workers wrap the dataset in
+    # BatchSeededDataset; the callback reaches the transforms either way).
     trainer = SimpleNamespace(train_loader=make_resumable(loader, seed=0),
                               loss_fn=loss_fn if loss_fn is not None else YoloXFastDetectionLoss(num_classes=4))
     return PhaseContext(trainer=trainer, epoch=epoch, max_epochs=max_epochs)
@@ -253,7 +254,7 @@ def is_mixing(ctx: PhaseContext) -> bool:
 
 def test_stage_switch_turns_mixing_off_and_l1_on(shapes_dir):
     ctx = context(mixing_loader(shapes_dir), epoch=0)
-    dataset = ctx.trainer.train_loader.dataset.dataset
+    dataset = getattr(ctx.trainer.train_loader.dataset, "dataset", ctx.trainer.train_loader.dataset)
     callback = YoloXTrainingStageSwitchCallback(next_stage_start_epoch=3)
     callback.on_training_start(ctx)
     for epoch in range(2):

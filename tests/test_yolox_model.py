@@ -13,7 +13,7 @@ from super_recipes.detection.yolox.blocks import BN_EPS, BN_MOMENTUM
 from super_recipes.detection.yolox.model import YOLOX_SIZES, YoloX
 from super_recipes.detection.yolox.postprocess import YoloXPostPredictionCallback
 from super_recipes.models.weights import head_prefix, load_state_dict_into
-from super_recipes.registry import CALLBACKS
+from super_recipes.registry import PROCESSING
 
 SIZES = list(YOLOX_SIZES)
 # Published parameter counts at 80 classes (YOLOX paper / model zoo), in millions.
@@ -238,4 +238,4 @@ def test_get_post_prediction_callback() -> None:
     results = model.get_post_prediction_callback(conf=0.0, max_predictions=7)(outputs)
     assert len(results) == 2 and all(r.shape[1] == 6 and 0 < len(r) <= 7 for r in results)
     assert all((r[:, 2] >= r[:, 0]).all() and (r[:, 3] >= r[:, 1]).all() for r in results)
-    assert CALLBACKS.get("YoloXPostPredictionCallback") is YoloXPostPredictionCallback
+    assert PROCESSING.get("YoloXPostPredictionCallback") is YoloXPostPredictionCallback

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from super_recipes.config.compose import compose_recipe
 from super_recipes.paths import recipes_dir
-from super_recipes.recipe import compose_recipe
 from super_recipes.train_from_recipe import run_recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

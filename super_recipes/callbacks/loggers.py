@@ -10,7 +10,6 @@ import logging
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from super_recipes.callbacks.base import Callback, PhaseContext
@@ -27,14 +26,6 @@ def current_lrs(optimizer: Any) -> dict[str, float]:
     if len(groups) == 1:
         return {"lr": groups[0]["lr"]}
     return {f"lr/{group.get('name', i)}": group["lr"] for i, group in enumerate(groups)}
-
-
-def attach_log_file(experiment_dir: Path) -> logging.Handler:
-    """Copy everything the ``super_recipes`` logger prints into ``<experiment_dir>/train.log``."""
-    handler = logging.FileHandler(experiment_dir / LOG_FILE_NAME, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger.addHandler(handler)
-    return handler
 
 
 def configure_console_logging(silent: bool = False, errors_only: bool = False) -> None:
@@ -130,6 +121,11 @@ class TensorBoardLogger(Callback):
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(log_dir=str(context.experiment_dir))
+        context.tensorboard = self._writer  # for callbacks that draw (SuperGradients' context.sg_logger)
+        if getattr(context.training_params, "log_installed_packages", False):
+            from super_recipes.engine.environment import installed_packages
+
+            self._writer.add_text("installed_packages", "    " + "\n    ".join(installed_packages()), 0)
 
     def on_train_batch_gradient_step_end(self, context: PhaseContext) -> None:
         step = context.global_step

@@ -7,13 +7,12 @@ from typing import Any
 
 from super_recipes.callbacks.base import Callback
 from super_recipes.callbacks.loggers import EpochSummary, MetricsCSV, ProgressBar, TensorBoardLogger
-from super_recipes.schedules import build_lr_schedule
 
 
-def service_callbacks(params: Any, is_rank_zero: bool) -> list[Callback]:
-    """Callbacks implied by ``training_hyperparams`` (``lr_mode``, ``average_best_models``, logging)."""
+def service_callbacks(params: Any, is_rank_zero: bool, schedule: Callback | None) -> list[Callback]:
+    """Callbacks implied by ``training_hyperparams``: the built LR ``schedule``, ``average_best_models``,
+    and the reporters (progress bar, epoch summary, TensorBoard, metrics.csv) on rank 0."""
     services: list[Callback] = []
-    schedule = build_lr_schedule(params)
     if schedule is not None:
         services.append(schedule)
     if params.average_best_models:

@@ -2,15 +2,15 @@
 
 A training data order that a resumed run can continue exactly, mid-epoch included, with any num_workers.
 
-Two rules make every batch a pure function of (seed, epoch, position), independent of worker processes and of
-where a run was interrupted:
-
-* the order: :class:`ResumableSampler` is ``DistributedSampler`` (a permutation seeded by ``seed + epoch``,
-  split across ranks) that can start part-way into an epoch and tags each index with its epoch;
-* the augmentations: :class:`BatchSeededDataset` seeds python, numpy and torch from (seed, epoch, first index of
-  the batch) while a batch is fetched, then puts the previous RNG states back. A plain DataLoader seeds workers
-  from the global torch RNG and lets each worker's stream run on, so after a restart the random crops and flips
-  of the remaining batches would differ.
+* The order: :class:`ResumableSampler` is ``DistributedSampler`` (a permutation seeded by ``seed + epoch``,
+  split across ranks, drawn from its own generator) that can start part-way into an epoch.
+* The augmentations, without workers (``num_workers: 0``): they draw from the main process's global RNGs, whose
+  states every checkpoint saves and a resumed run puts back right before its first step, so the remaining
+  batches draw exactly what they drew before. Nothing is done per batch.
+* The augmentations, with worker processes: a worker's RNG streams cannot be saved from the main process, so
+  :class:`BatchSeededDataset` seeds python, numpy and torch from (seed, epoch, first index of the batch) inside
+  the worker before it fetches a batch. That costs the worker a few microseconds and the training process
+  nothing.
 
 Evaluation under DDP uses :class:`EvalShardSampler`: each rank takes every ``world``-th sample with no padding,
 so every validation sample is counted exactly once (``DistributedSampler`` repeats samples to even the shards).
@@ -19,6 +19,7 @@ so every validation sample is counted exactly once (``DistributedSampler`` repea
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -29,13 +30,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 
 class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` that yields ``(epoch, index)`` and can skip the first samples of an epoch."""
+    """``DistributedSampler`` that can skip the first samples of an epoch; with ``tag_epoch`` it yields
+    ``(epoch, index)`` pairs for :class:`BatchSeededDataset`."""
 
     def __init__(self, dataset: Dataset, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, tag_epoch: bool = False):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                          drop_last=drop_last)
         self.skip = 0
+        self.tag_epoch = tag_epoch
 
     def start_at(self, samples_to_skip: int) -> None:
         """Begin the current epoch after its first ``samples_to_skip`` samples (reset by :meth:`set_epoch`)."""
@@ -45,17 +48,20 @@ class ResumableSampler(DistributedSampler):
         super().set_epoch(epoch)
         self.skip = 0
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
+    def __iter__(self) -> Iterator[Any]:
         indices = list(super().__iter__())[self.skip:]
-        return iter([(epoch, index) for index in indices])
+        if self.tag_epoch:
+            epoch = self.epoch
+            return iter([(epoch, index) for index in indices])
+        return iter(indices)
 
     def __len__(self) -> int:
         return super().__len__() - self.skip
 
 
 class BatchSeededDataset(Dataset):
-    """Wraps a map-style dataset so each batch's augmentations are seeded from (seed, epoch, first index)."""
+    """Wraps a map-style dataset so that, in a worker process, each batch's augmentations are seeded from
+    (seed, epoch, first index of the batch)."""
 
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset = dataset
@@ -69,8 +75,16 @@ class BatchSeededDataset(Dataset):
 
     def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[Any]:
         epoch, first = keys[0]
-        with seeded_rngs(np.random.SeedSequence([self.seed, epoch, first]).generate_state(1)[0]):
-            return [self.dataset[index] for _, index in keys]
+        seed = int(np.random.SeedSequence([self.seed, epoch, first]).generate_state(1)[0])
+        if torch.utils.data.get_worker_info() is None:  # fetched in the training process: leave its RNGs as found
+            with seeded_rngs(seed):
+                return [self.dataset[index] for _, index in keys]
+        # A worker owns its RNG streams: seed them (the generator's own manual_seed, not torch.manual_seed,
+        # which also queues seeds for every accelerator).
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.default_generator.manual_seed(seed)
+        return [self.dataset[index] for _, index in keys]
 
     def __getattr__(self, name: str) -> Any:
         # Attributes of the wrapped dataset (class_names, transforms...) stay reachable through the wrapper.
@@ -85,7 +99,7 @@ def seeded_rngs(seed: int) -> Iterator[None]:
     python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(int(seed))
     np.random.seed(int(seed) % 2**32)
-    torch.manual_seed(int(seed))
+    torch.default_generator.manual_seed(int(seed))
     try:
         yield
     finally:
@@ -94,16 +108,21 @@ def seeded_rngs(seed: int) -> Iterator[None]:
         torch.set_rng_state(torch_state)
 
 
-def epoch_batches(loader: Any, epoch: int, start_batch: int) -> Any:
-    """``(batch_idx, batch)`` pairs of ``epoch`` from ``start_batch`` on (a resumed epoch skips what it did)."""
+def epoch_batches(loader: Any, epoch: int, start_batch: int, num_batches: int | None) -> Any:
+    """``(batch_idx, batch)`` pairs of ``epoch`` from ``start_batch`` up to ``num_batches`` (a resumed epoch
+    skips what it did; no batch past ``num_batches`` is fetched, so none draws random numbers needlessly)."""
     sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
     if isinstance(sampler, ResumableSampler):
         sampler.start_at(start_batch * loader.batch_size)
-        return enumerate(loader, start=start_batch)
-    # A loader we could not make resumable: replay its first batches to skip them (data loading only).
-    return ((i, batch) for i, batch in enumerate(loader) if i >= start_batch)
+        batches = enumerate(loader, start=start_batch)
+    else:
+        # A loader we could not make resumable: replay its first batches to skip them (data loading only).
+        batches = ((i, batch) for i, batch in enumerate(loader) if i >= start_batch)
+    if num_batches is None:
+        return batches
+    return itertools.islice(batches, max(num_batches - start_batch, 0))
 
 
 def make_resumable(loader: Any, seed: int, num_replicas: int = 1, rank: int = 0) -> Any:
@@ -115,9 +134,11 @@ def make_resumable(loader: Any, seed: int, num_replicas: int = 1, rank: int = 0)
     """
     if not _rebuildable(loader):
         return loader
+    workers = loader.num_workers > 0
     sampler = ResumableSampler(loader.dataset, shuffle=isinstance(loader.sampler, RandomSampler), seed=seed,
-                               num_replicas=num_replicas, rank=rank)
-    return _rebuild(loader, BatchSeededDataset(loader.dataset, seed), sampler, seed)
+                               num_replicas=num_replicas, rank=rank, tag_epoch=workers)
+    dataset = BatchSeededDataset(loader.dataset, seed) if workers else loader.dataset
+    return _rebuild(loader, dataset, sampler, seed)
 
 
 class EvalShardSampler(Sampler):

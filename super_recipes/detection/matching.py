@@ -14,41 +14,25 @@ detections. :func:`greedy_match` reproduces that sequential greedy result with a
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from super_recipes.errors import RecipeError
-from super_recipes.registry import _import_dotted, to_plain
+from super_recipes.registry import PROCESSING, resolve_callable
 
 # The status of a detection at one IoU threshold, stored per detection and threshold.
 FALSE_POSITIVE, TRUE_POSITIVE, IGNORED = 0, 1, 2
 
 
-def resolve_post_prediction_callback(spec: Any) -> Callable[[Any], Any]:
-    """A callable from an object, a dotted path, ``{_target_: path, ...}`` or ``{path: {kwargs}}``.
+def resolve_post_prediction_callback(spec: Any, where: str = "post_prediction_callback") -> Callable[[Any], Any]:
+    """``post_prediction_callback``: the registry's object-spec grammar (a registered name such as
+    ``YoloXPostPredictionCallback``, a dotted path, ``{Name: {kwargs}}``, a ``_target_`` node, or the object).
 
     ``None`` means the predictions are already per-image ``[K, 6]`` tensors.
     """
-    spec = to_plain(spec)
-    if spec is None:
-        return _identity
-    if callable(spec):
-        return spec
-    try:
-        if isinstance(spec, str):
-            target = _import_dotted(spec)
-            return target() if inspect.isclass(target) else target
-        if isinstance(spec, Mapping) and "_target_" in spec:
-            return _import_dotted(spec["_target_"])(**{k: v for k, v in spec.items() if k != "_target_"})
-        if isinstance(spec, Mapping) and len(spec) == 1:
-            (path, kwargs), = spec.items()
-            return _import_dotted(path)(**(kwargs or {}))
-    except (ImportError, AttributeError, ValueError, TypeError) as err:
-        raise RecipeError(f"Cannot build post_prediction_callback from {spec!r}: {err}") from None
-    raise RecipeError(f"post_prediction_callback must be a callable, a dotted path or a _target_ node, got {spec!r}")
+    callback = resolve_callable(PROCESSING, spec, where)
+    return _identity if callback is None else callback
 
 
 def _identity(preds: Any) -> Any:

@@ -12,7 +12,7 @@ drawing, as RGB ``NHWC`` batches at ``global_step = epoch``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,31 +20,18 @@ import torch
 
 from super_recipes.callbacks.base import Callback, PhaseContext
 from super_recipes.detection.drawing import DetectionVisualization, undo_standardization
+from super_recipes.detection.matching import resolve_post_prediction_callback
 from super_recipes.errors import RecipeError, did_you_mean
 from super_recipes.metrics import update_metric
-from super_recipes.registry import CALLBACKS, METRICS, build, register_callback
+from super_recipes.registry import METRICS, build, register_callback
 
 __all__ = ["DetectionVisualization", "DetectionVisualizationCallback", "ExtremeBatchDetectionVisualizationCallback",
            "undo_standardization"]
 
 
-def resolve_post_prediction_callback(spec: Any) -> Callable[[Any], Any]:
-    """An object used as is, a class instantiated, or a spec (registered name, ``{Name: {kwargs}}``,
-    ``_target_`` node) built through the callback registry."""
-    if isinstance(spec, type):
-        return spec()
-    if callable(spec):
-        return spec
-    return build(CALLBACKS, spec, "post_prediction_callback")
-
-
 def _build_metric(spec: Any) -> Any:
     """A metric object used as is, or a spec (name, ``{Name: {kwargs}}``, ``_target_`` node) built."""
-    if spec is None:
-        return None
-    if isinstance(spec, (str, Mapping)) or type(spec).__module__.startswith("omegaconf"):
-        return build(METRICS, spec, "metric")
-    return spec
+    return None if spec is None else build(METRICS, spec, "metric")
 
 
 def _to_cpu(value: Any) -> Any:

@@ -41,6 +41,22 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_stale_temporary_files(folder: Path) -> list[str]:
+    """Delete the temporary files of saves that a killed process left in ``folder``; returns their names.
+
+    Only this package's own pattern (``.<name>.pth.<random>.tmp``, see :func:`save_checkpoint`) is touched.
+    Called when a run starts or resumes, before anything in the folder is written.
+    """
+    removed = []
+    for path in Path(folder).glob(".*.pth.*.tmp"):
+        try:
+            path.unlink()
+            removed.append(path.name)
+        except OSError:
+            pass
+    return removed
+
+
 class CheckpointSaveError(RecipeError):
     """A checkpoint could not be written (disk full, permissions...); the previous one is intact."""
 

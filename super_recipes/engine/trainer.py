@@ -1,13 +1,18 @@
 """The training loop: ``Trainer(experiment_name, ckpt_root_dir).train(model=, training_params=, ...)``.
 
-One readable loop; everything optional (schedules, logging, user callbacks) hangs off the callback events in
-:mod:`super_recipes.callbacks.base`. Per step the loop adds no host/device synchronisation: loss items stay on
-the device until the epoch ends or a logger asks for them.
+One readable loop built from overridable units: :meth:`Trainer.run_epoch` (train, validate, pick the best,
+save), :meth:`Trainer.train_step` (one micro-batch: forward, loss, :meth:`Trainer.update_params`) and
+:meth:`Trainer.update_params` (backward with AMP scaling and accumulation; on the last micro-batch of a group,
+unscale, clip, ``optimizer.step()``, EMA). Evaluation is its own unit (:mod:`.evaluation`) and the loop's state
+one dataclass (:mod:`.loop_state`). Everything optional (schedules, logging, user callbacks) hangs off the
+callback events. Per step the loop adds no host/device synchronisation: loss items stay on the device until
+the epoch ends or a logger asks for them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -18,34 +23,28 @@ from typing import Any
 import torch
 
 from super_recipes.callbacks.base import Callback, CallbackList, PhaseContext
-from super_recipes.callbacks.loggers import attach_log_file, configure_console_logging, current_lrs
+from super_recipes.callbacks.loggers import current_lrs
 from super_recipes.callbacks.services import service_callbacks
-from super_recipes.engine.checkpoints import BEST, LATEST, write_checkpoints
+from super_recipes.config.instantiate import instantiate_training
+from super_recipes.config.training_params import TrainingParams, parse_training_params
 from super_recipes.data.samplers import epoch_batches, make_resumable, shard_for_evaluation
+from super_recipes.engine.checkpoints import BEST, LATEST, write_checkpoints
 from super_recipes.engine.devices import resolve_device, to_device
-from super_recipes.engine.distributed import (
-    World,
-    all_reduce_mean,
-    all_reduce_sum,
-    any_rank,
-    broadcast_buffers,
-    current_world,
-    join_process_group,
-    launched_by_torchrun,
-    wrap_model,
-)
+from super_recipes.engine.distributed import World, all_reduce_mean, any_rank, broadcast_buffers, wrap_model
 from super_recipes.engine.ema import ModelEMA, build_ema
-from super_recipes.errors import RecipeError
+from super_recipes.engine.environment import RunEnvironment
+from super_recipes.engine.evaluation import Evaluation, EvaluationEvents
 from super_recipes.engine.interrupts import StopRequests, TrainingInterrupted
-from super_recipes.losses import build_loss, expected_loss_names, loss_item_names, split_loss_output
-from super_recipes.metrics import build_metrics, check_metric_to_watch, compute_metrics, update_metric
-from super_recipes.optimizers import build_optimizer
+from super_recipes.engine.loop_state import LoopState
+from super_recipes.engine.precise_bn import recompute_batchnorm_statistics
 from super_recipes.engine.precision import amp_dtype_for, autocast_factory, grad_scaler_for
-from super_recipes.registry import CALLBACKS, build_list
 from super_recipes.engine.reproducibility import seed_everything
 from super_recipes.engine.resume import describe_run, resume_checkpoint_path
-from super_recipes.training_params import TrainingParams, parse_training_params
-from super_recipes.engine.state import EpochProgress, capture, put_back_rng, restore
+from super_recipes.engine.sanity import check_class_count, check_first_batch, explain_loss_failure
+from super_recipes.engine.state import capture, put_back_rng, restore
+from super_recipes.errors import RecipeError
+from super_recipes.losses import expected_loss_names, loss_item_names, split_loss_output
+from super_recipes.metrics import build_metrics, check_metric_to_watch, compute_metrics, update_metric
 
 logger = logging.getLogger("super_recipes")
 
@@ -68,51 +67,45 @@ class Trainer:
         self.ema: ModelEMA | None = None
         self.world = World()
 
-    # ------------------------------------------------------------------ training
+    # ------------------------------------------------------------------------------------------------ training
     def train(self, model: torch.nn.Module, training_params: Any, train_loader: Iterable,
               valid_loader: Iterable | None = None, callbacks: Iterable[Callback] = ()) -> dict[str, float]:
-        """Train ``model``; returns the last epoch's record (``{"valid/Accuracy": ..., ...}``)."""
+        """Train ``model``; returns the last epoch's record (``{"valid/Accuracy": ..., ...}``).
+
+        ``training_params`` is the ``training_hyperparams`` mapping (names or, in Python, objects) or a parsed
+        :class:`~super_recipes.config.training_params.TrainingParams`. The training loader's sampler is replaced
+        by a resumable order seeded by ``seed + epoch`` (same batches, workers and collate function).
+        """
         params = parse_training_params(training_params)
-        if launched_by_torchrun():
-            self.device = join_process_group(self.device)
-        self.world = current_world()
-        # Ranks other than 0 stay quiet unless they fail; only rank 0 writes the log file.
-        configure_console_logging(silent=params.silent_mode, errors_only=not self.world.is_rank_zero)
-        log_handler = None
-        if self.world.is_rank_zero:
-            self.experiment_dir.mkdir(parents=True, exist_ok=True)
-            log_handler = attach_log_file(self.experiment_dir)
-        try:
-            return self._train(model, params, train_loader, valid_loader, list(callbacks))
-        finally:
-            if log_handler is not None:
-                logger.removeHandler(log_handler)
-                log_handler.close()
+        with RunEnvironment(self, params, model) as environment:
+            self.recipe_yaml, self.params_yaml = environment.recipe_yaml, environment.params_yaml
+            return self._fit(model, params, train_loader, valid_loader, list(callbacks))
 
     def _setup(self, model: torch.nn.Module, params: TrainingParams, train_loader: Iterable,
-               valid_loader: Iterable | None) -> None:
-        """Build everything the loop needs; every recipe mistake surfaces here, before the first step."""
+               valid_loader: Iterable | None, extra_callbacks: list[Callback]) -> CallbackList:
+        """Build everything the loop needs; every mistake surfaces here, before the first step."""
         world = self.world
         seed_everything(params.seed + world.rank, params.deterministic)  # ranks draw different dropout masks
+        components = instantiate_training(params)
         self.params = params
         self.net = model.to(self.device)
-        self.optimizer = build_optimizer(self.net, params)
-        self.loss_fn = build_loss(params.loss, params.criterion_params)
-        if isinstance(self.loss_fn, torch.nn.Module):
-            self.loss_fn = self.loss_fn.to(self.device)
-        self.train_metrics = self._metrics(params.train_metrics_list, "training_hyperparams.train_metrics_list")
-        self.valid_metrics = self._metrics(params.valid_metrics_list, "training_hyperparams.valid_metrics_list")
+        self.optimizer = build_optimizer_for(self.net, params)
+        self.loss_fn = components.loss.to(self.device) if isinstance(components.loss, torch.nn.Module) \
+            else components.loss
+        self.train_metrics = _to_device(components.train_metrics, self.device)
+        for metric in self.train_metrics.values():
+            if hasattr(metric, "persistent"):
+                metric.persistent(True)  # its state_dict then carries the partial epoch into checkpoints
+        self.valid_metrics = _to_device(components.valid_metrics, self.device)
+        self.pre_prediction_callback = components.pre_prediction_callback
         self.full_valid_loader = valid_loader
         self.valid_loader = shard_for_evaluation(valid_loader, world.size, world.rank) if valid_loader else None
         self.train_loader = make_resumable(train_loader, params.seed, world.size, world.rank)
-        self.recipe_yaml = _recipe_yaml(self.recipe)
-        self.params_yaml = _recipe_yaml(params.to_dict())
+        check_class_count(self.net, getattr(train_loader, "dataset", None), self.recipe)
         self.train_batches_per_epoch = _batches(self.train_loader, params.max_train_batches)
         self.valid_batches_per_epoch = _batches(self.valid_loader, params.max_valid_batches) if valid_loader else 0
         if not self.train_batches_per_epoch:
-            raise RecipeError("The training dataloader is empty (or max_train_batches is 0).")
-        if params.batch_accumulate < 1:
-            raise RecipeError(f"training_hyperparams.batch_accumulate must be >= 1, got {params.batch_accumulate}.")
+            raise RecipeError("The training dataloader is empty.")
         # A trailing partial accumulation still steps, so no micro-batch is wasted.
         self.steps_per_epoch = math.ceil(self.train_batches_per_epoch / params.batch_accumulate)
         self.ema = build_ema(self.net, params, total_steps=self.steps_per_epoch * params.max_epochs)
@@ -122,262 +115,249 @@ class Trainer:
         self.forward_net = wrap_model(self.net, world, self.device, params.sync_bn, params.find_unused_parameters)
         if params.torch_compile:
             self.forward_net = torch.compile(self.forward_net, **dict(params.torch_compile_options or {}))
-
-    def _train(self, model: torch.nn.Module, params: TrainingParams, train_loader: Iterable,
-               valid_loader: Iterable | None, extra_callbacks: list[Callback]) -> dict[str, float]:
-        self._setup(model, params, train_loader, valid_loader)
-        valid_loader = self.valid_loader
-        callbacks = CallbackList(service_callbacks(params, self.world.is_rank_zero)
-                                 + build_list(CALLBACKS, params.phase_callbacks, "training_hyperparams.phase_callbacks")
-                                 + extra_callbacks)
+        callbacks = CallbackList(service_callbacks(params, world.is_rank_zero, components.lr_schedule)
+                                 + components.callbacks + extra_callbacks)
         # Validation result names: metrics returning several values (and callbacks adding some) list them.
         self.valid_result_names = [name for key, metric in self.valid_metrics.items()
                                    for name in getattr(metric, "component_names", None) or [key]]
         self.valid_result_names += [name for cb in callbacks.callbacks for name in getattr(cb, "component_names", [])]
-        watch = params.metric_to_watch.removeprefix("valid/")
+        self.metric_to_watch = params.metric_to_watch.removeprefix("valid/")
         expected_names = expected_loss_names(params, self.loss_fn)
         if valid_loader is not None and expected_names is not None:
-            check_metric_to_watch(watch, self.valid_result_names, expected_names)
+            check_metric_to_watch(self.metric_to_watch, self.valid_result_names, expected_names)
         # An unnamed tuple-returning loss names its items only after one forward pass: check then.
         self._watch_check_pending = valid_loader is not None and expected_names is None
+        self.run_description = describe_run(self.recipe, params)
+        return callbacks
+
+    def _fit(self, model: torch.nn.Module, params: TrainingParams, train_loader: Iterable,
+             valid_loader: Iterable | None, extra_callbacks: list[Callback]) -> dict[str, float]:
+        callbacks = self._setup(model, params, train_loader, valid_loader, extra_callbacks)
+        self.state = state = LoopState()
         ctx = PhaseContext(
             net=self.net, eval_net=self.ema.module if self.ema else self.net, ema=self.ema,
             optimizer=self.optimizer, training_params=params, device=self.device,
             experiment_dir=self.experiment_dir, max_epochs=params.max_epochs, steps_per_epoch=self.steps_per_epoch,
-            metric_to_watch=watch, trainer=self, is_rank_zero=self.world.is_rank_zero,
+            metric_to_watch=self.metric_to_watch, trainer=self, is_rank_zero=self.world.is_rank_zero, state=state,
         )
-        point = None
+        rng = None
         resume_path = resume_checkpoint_path(params, self.experiment_dir)
         if resume_path is not None:
-            point = restore(self, ctx, callbacks, resume_path, describe_run(self.recipe, params),
-                            params.resume_allow_changes)
-            if point.epoch >= params.max_epochs:
-                logger.info(f"{self.experiment_dir} already finished {point.epoch} epochs (max_epochs="
+            rng = restore(self, state, callbacks, resume_path, self.run_description, params.resume_allow_changes,
+                          params.load_opt_params)
+            if state.epoch >= params.max_epochs:
+                logger.info(f"{self.experiment_dir} already finished {state.epoch} epochs (max_epochs="
                             f"{params.max_epochs}): nothing to resume. Raise max_epochs to train further.")
-                return point.record
-            ctx.epoch = point.epoch
-            logger.info(f"Resuming from {resume_path}: epoch {point.epoch + 1}, "
-                        f"after {point.progress.start_batch} batches of it.")
+                return state.last_record
+            logger.info(f"Resuming from {resume_path}: epoch {state.epoch + 1}, "
+                        f"after {state.start_batch} batches of it.")
         self._log_start(params)
         callbacks.on_training_start(ctx)
-        if point is not None:
-            put_back_rng(point)  # last, so the resumed steps draw exactly the numbers the original run drew
-        record: dict[str, float] = point.record if point else {}
-        self._last_record = record
+        put_back_rng(rng)  # last, so the resumed steps draw exactly the numbers the original run drew
+        record = state.last_record
         with StopRequests() as self._stops:
-            for epoch in range(ctx.epoch, params.max_epochs):
-                ctx.epoch = epoch
-                progress = point.progress if point is not None and epoch == point.epoch else EpochProgress()
-                record = self._run_epoch(ctx, callbacks, progress, valid_loader)
+            for epoch in range(state.epoch, params.max_epochs):
+                state.start_epoch(epoch)
+                record = self.run_epoch(ctx, callbacks)
                 if self._stop_requested(check=True):
                     raise TrainingInterrupted(self._stops.signum or 15, self.experiment_dir / LATEST)
-                if ctx.stop_training:
+                if state.stop_training:
                     logger.info(f"Training stopped early after epoch {epoch + 1}.")
                     break
         callbacks.on_training_end(ctx)
         return record
 
-    def _run_epoch(self, ctx: PhaseContext, callbacks: CallbackList, progress: EpochProgress,
-                   valid_loader: Iterable | None) -> dict[str, float]:
-        params, epoch = self.params, ctx.epoch
-        started = time.perf_counter() - progress.elapsed
-        record = {"epoch": epoch}
-        record.update(self._train_epoch(ctx, callbacks, progress, started))
-        validate = valid_loader is not None and (
-            (epoch + 1) % params.run_validation_freq == 0 or epoch + 1 == params.max_epochs)
-        valid_names = [f"valid/{n}" for n in ctx.loss_names + self.valid_result_names]
-        record.update(dict.fromkeys(valid_names, math.nan))
+    def run_epoch(self, ctx: PhaseContext, callbacks: CallbackList) -> dict[str, float]:
+        """One epoch: train, validate when due, update the best metric, fire the epoch events, save."""
+        params, state = self.params, self.state
+        started = time.perf_counter() - state.epoch_elapsed
+        record: dict[str, float] = {"epoch": state.epoch}
+        record.update(self.train_epoch(ctx, callbacks, started))
+        validate = self.valid_loader is not None and (
+            (state.epoch + 1) % params.run_validation_freq == 0 or state.epoch + 1 == params.max_epochs)
+        record.update(dict.fromkeys((f"valid/{n}" for n in state.loss_names + self.valid_result_names), math.nan))
         if validate:
-            broadcast_buffers(ctx.eval_net, self.world)
-            record.update(self._evaluate(ctx.eval_net, valid_loader, self.valid_metrics,
-                                         self.valid_batches_per_epoch, "valid", ctx, callbacks))
+            record.update(self.validate(ctx, callbacks))
         record["epoch_time"] = time.perf_counter() - started
         ctx.epoch_record = record
-        improved = validate and self._update_best(ctx, record, params)
+        improved = validate and self._update_best(record)
         if improved:
             callbacks.on_validation_end_best_epoch(ctx)
         callbacks.on_epoch_end(ctx)
-        self._last_record = record
+        state.last_record = record
         if params.save_model or self._stop_requested(check=True):
             # After on_epoch_end, so every callback's state for this epoch is saved.
-            self._save(ctx, callbacks, record, improved)
+            names = [LATEST] + [BEST] * improved
+            if state.epoch in params.save_ckpt_epoch_list:
+                names.append(f"ckpt_epoch_{state.epoch}.pth")
+            self._write(capture(self, state, callbacks, state.epoch + 1, 0, record), names)
         return record
 
-    def _train_epoch(self, ctx: PhaseContext, callbacks: CallbackList, progress: EpochProgress,
-                     started: float) -> dict[str, float]:
-        net, device, optimizer, scaler = self.forward_net, self.device, self.optimizer, self.scaler
-        params, loss_fn, metrics, autocast = self.params, self.loss_fn, self.train_metrics, self.autocast
-        num_batches, accumulate = self.train_batches_per_epoch, params.batch_accumulate
-        clip, save_every = params.clip_grad_norm, params.ckpt_every_n_steps
-        batches = epoch_batches(self.train_loader, ctx.epoch, progress.start_batch)
+    def train_epoch(self, ctx: PhaseContext, callbacks: CallbackList, started: float) -> dict[str, float]:
+        """The training batches of ``state.epoch``; returns the epoch's rates, mean loss items and metrics."""
+        params, state, accumulate = self.params, self.state, self.params.batch_accumulate
+        num_batches, save_every = self.train_batches_per_epoch, params.ckpt_every_n_steps
+        check_every = 1 if not self.world.is_distributed else STOP_CHECK_STEPS
         self.net.train()
-        items = progress.items
         callbacks.on_train_loader_start(ctx)
         # The rates of the epoch's first step, once the schedule has set them (kept across a mid-epoch resume).
-        progress.lrs = epoch_lrs = progress.lrs or current_lrs(optimizer)
-        for batch_idx, batch in batches:
-            if batch_idx >= num_batches:
-                break
-            inputs, targets = to_device(batch[0], device), to_device(batch[1], device)
-            ctx.batch_extras = to_device(batch[2], device) if len(batch) > 2 else None
+        state.epoch_lrs = state.epoch_lrs or current_lrs(self.optimizer)
+        for batch_idx, batch in epoch_batches(self.train_loader, state.epoch, state.start_batch, num_batches):
             group_start = batch_idx - batch_idx % accumulate
             group_size = min(accumulate, num_batches - group_start)
             is_step = batch_idx + 1 == group_start + group_size
-            ctx.batch_idx, ctx.inputs, ctx.targets, ctx.is_optimizer_step = batch_idx, inputs, targets, is_step
-            callbacks.on_train_batch_start(ctx)
-            with autocast():
-                preds = net(inputs)
-                loss, loss_items = split_loss_output(loss_fn(preds, targets))
-            ctx.preds, ctx.loss, ctx.loss_items = preds, loss, loss_items
-            if not ctx.loss_names:
-                self._name_loss_items(ctx, loss_items)
-            callbacks.on_train_batch_loss_end(ctx)
-            # Dividing by the group size makes the accumulated gradient that of one group-sized batch.
-            scaled = loss / group_size if group_size > 1 else loss
-            with _skip_gradient_sync(net, not is_step):
-                (scaler.scale(scaled) if scaler else scaled).backward()
-            callbacks.on_train_batch_backward_end(ctx)
-            if is_step:
-                callbacks.on_train_batch_gradient_step_start(ctx)
-                if clip:
-                    if scaler:
-                        scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                ctx.global_step += 1
-                if self.ema is not None:
-                    self.ema.update(self.net)
-                callbacks.on_train_batch_gradient_step_end(ctx)
-            for metric in metrics.values():
-                update_metric(metric, preds.detach(), targets, ctx.batch_extras)
-            items.append(loss_items)
-            callbacks.on_train_batch_end(ctx)
+            self.train_step(ctx, callbacks, batch_idx, batch, group_size, is_step)
             if not is_step:
                 continue
             # Under DDP the ranks agree on stopping every STOP_CHECK_STEPS steps (a collective); alone, every step.
-            stop = self._stop_requested(check=not self.world.is_distributed
-                                        or ctx.global_step % STOP_CHECK_STEPS == 0)
-            if stop or (save_every and ctx.global_step % save_every == 0):
-                progress.elapsed = time.perf_counter() - started
-                self._save_mid_epoch(ctx, callbacks, batch_idx + 1, progress)
+            stop = self._stop_requested(check=state.global_step % check_every == 0)
+            if stop or (save_every and state.global_step % save_every == 0):
+                state.epoch_elapsed = time.perf_counter() - started
+                self._write(capture(self, state, callbacks, state.epoch, batch_idx + 1, state.last_record),
+                            [LATEST])
             if stop:
                 raise TrainingInterrupted(self._stops.signum or 15, self.experiment_dir / LATEST)
-        results = {**epoch_lrs, **_mean_items(items, ctx.loss_names, "train", self.world)}
-        results.update(compute_metrics(metrics, "train"))
+        results = {**state.epoch_lrs, **self._mean_loss_items()}
+        results.update(compute_metrics(self.train_metrics, "train"))
         ctx.metrics = results
         callbacks.on_train_loader_end(ctx)
         return results
 
-    def _name_loss_items(self, ctx: PhaseContext, loss_items: torch.Tensor) -> None:
-        ctx.loss_names = loss_item_names(self.loss_fn, self.params.loss_logging_items_names, loss_items.numel())
-        if self._watch_check_pending:
-            check_metric_to_watch(ctx.metric_to_watch, self.valid_result_names, ctx.loss_names)
+    def train_step(self, ctx: PhaseContext, callbacks: CallbackList, batch_idx: int, batch: Any, group_size: int,
+                   is_step: bool) -> None:
+        """One micro-batch: to the device, ``pre_prediction_callback``, forward, loss, :meth:`update_params`,
+        training metrics."""
+        device = self.device
+        inputs, targets = to_device(batch[0], device), to_device(batch[1], device)
+        ctx.batch_extras = to_device(batch[2], device) if len(batch) > 2 else None
+        if self.pre_prediction_callback is not None:
+            inputs, targets = self.pre_prediction_callback(inputs, targets, batch_idx)
+        ctx.batch_idx, ctx.inputs, ctx.targets, ctx.is_optimizer_step = batch_idx, inputs, targets, is_step
+        callbacks.on_train_batch_start(ctx)
+        with self.autocast():
+            preds = self.forward_net(inputs)
+            try:
+                loss, loss_items = split_loss_output(self.loss_fn(preds, targets))
+            except (IndexError, RuntimeError) as err:
+                explain_loss_failure(err, preds, targets, self.recipe)
+                raise
+        if not self.state.loss_names:  # the run's first batch
+            check_first_batch(preds, targets, self.recipe)
+            self._name_loss_items(ctx, loss_items)
+        ctx.preds, ctx.loss, ctx.loss_items = preds, loss, loss_items
+        callbacks.on_train_batch_loss_end(ctx)
+        self.update_params(ctx, callbacks, loss, group_size, is_step)
+        for metric in self.train_metrics.values():
+            update_metric(metric, preds.detach(), targets, ctx.batch_extras)
+        self.state.loss_items.append(loss_items)
+        callbacks.on_train_batch_end(ctx)
 
-    # ------------------------------------------------------------------ evaluation
-    @torch.inference_mode()
-    def _evaluate(self, net: torch.nn.Module, loader: Iterable, metrics: dict, max_batches: int | None,
-                  prefix: str, ctx: PhaseContext | None = None, callbacks: CallbackList | None = None,
-                  loss_fn: Any = "train", world: World | None = None) -> dict[str, float]:
-        """One pass over ``loader``: loss items and metrics as ``{prefix/name: value}``.
+    def update_params(self, ctx: PhaseContext, callbacks: CallbackList, loss: torch.Tensor, group_size: int,
+                      is_step: bool) -> None:
+        """Backward of this micro-batch and, on the last micro-batch of a group, the optimizer step.
 
-        ``prefix`` "valid" fires the validation events, "test" the test events (when callbacks are given).
-        Loss items are averaged per sample; under DDP each rank sees its own shard and the sums are reduced
-        (``world``: the ranks taking part; a single-process World for rank-0-only evaluations).
+        The loss is divided by the group size (``batch_accumulate``), so the accumulated gradient is that of one
+        group-sized batch; under AMP float16 it is scaled by the GradScaler and unscaled before clipping. After
+        the step: gradients zeroed, ``global_step`` counted, the EMA updated. Override this for optimizers that
+        need their own step (SAM, closures...).
         """
-        world = world or getattr(self, "world", World())
-        loss_fn = self.loss_fn if loss_fn == "train" else loss_fn
-        phase = "validation" if prefix == "valid" else "test"
-        fire = (lambda event: getattr(callbacks, f"on_{phase}_{event}")) if callbacks else (lambda event: _no_event)
-        on_batch_start, on_batch_end = fire("batch_start"), fire("batch_end")
-        ctx = ctx or PhaseContext(net=net, eval_net=net, device=self.device, trainer=self)
-        autocast = getattr(self, "autocast", _no_autocast)
-        was_training = net.training
-        net.eval()
-        item_sums: torch.Tensor | float = 0.0
-        samples = 0
-        fire("loader_start")(ctx)
-        for batch_idx, batch in enumerate(loader):
-            if max_batches is not None and batch_idx >= max_batches:
-                break
-            inputs, targets = to_device(batch[0], self.device), to_device(batch[1], self.device)
-            ctx.batch_extras = to_device(batch[2], self.device) if len(batch) > 2 else None
-            ctx.batch_idx, ctx.inputs, ctx.targets = batch_idx, inputs, targets
-            batch_size = _batch_size(inputs)
-            on_batch_start(ctx)
-            with autocast():
-                preds = net(inputs)
-                if loss_fn is not None:
-                    ctx.loss_items = split_loss_output(loss_fn(preds, targets))[1]
-                    item_sums = item_sums + ctx.loss_items.float() * batch_size
-            samples += batch_size
-            ctx.preds = preds
-            for metric in metrics.values():
-                update_metric(metric, preds, targets, ctx.batch_extras)
-            on_batch_end(ctx)
-        results: dict[str, float] = {}
-        if isinstance(item_sums, torch.Tensor):
-            configured = self.params.loss_logging_items_names if loss_fn is getattr(self, "loss_fn", None) else None
-            names = ctx.loss_names or loss_item_names(loss_fn, configured, item_sums.numel())
-            totals = all_reduce_sum(torch.cat([item_sums, item_sums.new_tensor([samples])]), world)
-            results = {f"{prefix}/{n}": v for n, v in zip(names, (totals[:-1] / totals[-1]).tolist(), strict=True)}
-        results.update(compute_metrics(metrics, prefix))
-        ctx.metrics = results
-        fire("loader_end")(ctx)
-        net.train(was_training)
-        return results
+        scaler, optimizer = self.scaler, self.optimizer
+        scaled = loss / group_size if group_size > 1 else loss
+        with _skip_gradient_sync(self.forward_net, not is_step):
+            (scaler.scale(scaled) if scaler else scaled).backward()
+        callbacks.on_train_batch_backward_end(ctx)
+        if not is_step:
+            return
+        callbacks.on_train_batch_gradient_step_start(ctx)
+        if self.params.clip_grad_norm:
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.params.clip_grad_norm)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.state.global_step += 1
+        if self.ema is not None:
+            self.ema.update(self.net)
+        callbacks.on_train_batch_gradient_step_end(ctx)
+
+    def _name_loss_items(self, ctx: PhaseContext, loss_items: torch.Tensor) -> None:
+        self.state.loss_names = loss_item_names(self.loss_fn, self.params.loss_logging_items_names,
+                                                loss_items.numel())
+        if self._watch_check_pending:
+            check_metric_to_watch(self.metric_to_watch, self.valid_result_names, self.state.loss_names)
+
+    def _mean_loss_items(self) -> dict[str, float]:
+        """The epoch mean of each loss item (mean of the batch values), averaged over the ranks."""
+        items = self.state.loss_items
+        if not items:
+            return {}
+        means = all_reduce_mean(torch.stack(items).float().mean(dim=0), self.world).tolist()
+        return {f"train/{name}": value for name, value in zip(self.state.loss_names, means, strict=True)}
+
+    # ---------------------------------------------------------------------------------------------- evaluation
+    def validate(self, ctx: PhaseContext, callbacks: CallbackList) -> dict[str, float]:
+        """Validate the selected model (the EMA model when ``ema`` is on) with the validation events."""
+        broadcast_buffers(ctx.eval_net, self.world)
+        if self.params.precise_bn:
+            recompute_batchnorm_statistics(ctx.eval_net, self, ctx)
+        evaluation = Evaluation(
+            self.valid_metrics, "valid", self.device, self.loss_fn, self._validation_loss_names, self.autocast,
+            self.params.max_valid_batches, self.world, EvaluationEvents.validation(callbacks))
+        return evaluation.run(ctx.eval_net, self.valid_loader, ctx)
+
+    def _validation_loss_names(self, count: int) -> list[str]:
+        return self.state.loss_names or loss_item_names(self.loss_fn, self.params.loss_logging_items_names, count)
 
     def evaluate(self, net: torch.nn.Module, loader: Iterable | None = None) -> dict[str, float]:
         """Validate ``net`` like the training run does (its validation loader, metrics and loss), no callbacks.
 
-        Used for models built after training, such as ``average_model.pth``.
+        Used for models built after training, such as ``average_model.pth``; runs in this process alone.
         """
-        loader = loader if loader is not None else self.full_valid_loader
-        metrics = self._metrics(self.params.valid_metrics_list, "training_hyperparams.valid_metrics_list")
+        metrics = copy.deepcopy(self.valid_metrics)  # fresh states; the training run's metrics stay untouched
         for metric in metrics.values():
+            metric.reset()
             metric.sync_on_compute = False  # may run on rank 0 alone: no collective operations
-        return self._evaluate(net.to(self.device), loader, metrics, self.params.max_valid_batches, "valid",
-                              world=World())
+        evaluation = Evaluation(metrics, "valid", self.device, self.loss_fn, self._validation_loss_names,
+                                self.autocast, self.params.max_valid_batches)
+        loader = loader if loader is not None else self.full_valid_loader
+        return evaluation.run(net.to(self.device), loader, PhaseContext(net=net, eval_net=net, trainer=self))
 
     def test(self, model: torch.nn.Module, test_loader: Iterable, test_metrics_list: Any = ("Accuracy",),
              loss: Any = None, callbacks: Iterable[Callback] = ()) -> dict[str, float]:
-        """Evaluate ``model`` on ``test_loader``; returns ``{"test/<metric>": value, ...}``."""
-        metrics = self._metrics(list(test_metrics_list), "test_metrics_list")
+        """Evaluate ``model`` on ``test_loader``; returns ``{"test/<metric>": value, ...}``.
+
+        ``test_metrics_list`` takes names, specs or metric objects; ``loss`` a name, spec or loss object.
+        """
+        from super_recipes.losses import build_loss
+
+        metrics = _to_device(build_metrics(test_metrics_list, "test_metrics_list"), self.device)
         for metric in metrics.values():
             metric.sync_on_compute = False  # test() evaluates the loader it is given, in this process
         loss_fn = build_loss(loss) if loss is not None else None
-        return self._evaluate(model.to(self.device), test_loader, metrics, None, "test",
-                              callbacks=CallbackList(list(callbacks)), loss_fn=loss_fn, world=World())
+        if isinstance(loss_fn, torch.nn.Module):
+            loss_fn = loss_fn.to(self.device)
+        evaluation = Evaluation(metrics, "test", self.device, loss_fn,
+                                lambda count: loss_item_names(loss_fn, None, count),
+                                getattr(self, "autocast", contextlib.nullcontext),
+                                events=EvaluationEvents.test(CallbackList(list(callbacks))))
+        model = model.to(self.device)
+        return evaluation.run(model, test_loader, PhaseContext(net=model, eval_net=model, device=self.device,
+                                                               trainer=self))
 
-    def _metrics(self, specs: Any, where: str) -> dict:
-        return {name: metric.to(self.device) for name, metric in build_metrics(specs, where).items()}
-
-    # ------------------------------------------------------------------ bookkeeping
-    def _update_best(self, ctx: PhaseContext, record: dict[str, float], params: TrainingParams) -> bool:
-        value = record.get(f"valid/{ctx.metric_to_watch}", math.nan)
+    # -------------------------------------------------------------------------------------------- bookkeeping
+    def _update_best(self, record: dict[str, float]) -> bool:
+        value = record.get(f"valid/{self.metric_to_watch}", math.nan)
         if math.isnan(value):
             return False
-        better = ctx.best_metric is None or (
-            value > ctx.best_metric if params.greater_metric_to_watch_is_better else value < ctx.best_metric)
+        best = self.state.best_metric
+        better = best is None or (value > best if self.params.greater_metric_to_watch_is_better else value < best)
         if better:
-            ctx.best_metric = value
+            self.state.best_metric = value
         return better
-
-    def _save(self, ctx: PhaseContext, callbacks: CallbackList, record: dict[str, float], improved: bool) -> None:
-        state = capture(self, ctx, callbacks, record, next_epoch=ctx.epoch + 1, next_batch=0, progress=None)
-        names = [LATEST] + [BEST] * improved
-        if ctx.epoch in self.params.save_ckpt_epoch_list:
-            names.append(f"ckpt_epoch_{ctx.epoch}.pth")
-        self._write(state, names)
-
-    def _save_mid_epoch(self, ctx: PhaseContext, callbacks: CallbackList, next_batch: int,
-                        progress: EpochProgress) -> None:
-        record = getattr(self, "_last_record", {})
-        self._write(capture(self, ctx, callbacks, record, ctx.epoch, next_batch, progress), [LATEST])
 
     def _stop_requested(self, check: bool) -> bool:
         """Whether a SIGTERM/SIGINT asks to stop; under DDP every rank takes the decision together."""
@@ -385,9 +365,9 @@ class Trainer:
             return False
         return any_rank(self._stops.signum is not None, self.world, self.device)
 
-    def _write(self, state: dict[str, Any], names: list[str]) -> None:
+    def _write(self, checkpoint: dict[str, Any], names: list[str]) -> None:
         if self.world.is_rank_zero:
-            write_checkpoints(state, self.experiment_dir, names)
+            write_checkpoints(checkpoint, self.experiment_dir, names)
 
     def _log_start(self, params: TrainingParams) -> None:
         num_params = sum(p.numel() for p in self.net.parameters())
@@ -400,12 +380,14 @@ class Trainer:
         )
 
 
-def _no_event(context: PhaseContext) -> None:
-    return None
+def build_optimizer_for(net: torch.nn.Module, params: TrainingParams) -> torch.optim.Optimizer:
+    from super_recipes.optimizers import build_optimizer
+
+    return build_optimizer(net, params)
 
 
-def _no_autocast() -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext()
+def _to_device(metrics: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {name: m.to(device) if hasattr(m, "to") else m for name, m in metrics.items()}
 
 
 def _skip_gradient_sync(net: torch.nn.Module, skip: bool) -> contextlib.AbstractContextManager:
@@ -422,25 +404,3 @@ def _batches(loader: Iterable | None, limit: int | None) -> int | None:
     if limit is not None:
         count = limit if count is None else min(count, limit)
     return count
-
-
-def _mean_items(items: list[torch.Tensor], names: list[str], prefix: str, world: World) -> dict[str, float]:
-    """The epoch mean of each loss item (mean of the batch values), averaged over the ranks."""
-    if not items:
-        return {}
-    means = all_reduce_mean(torch.stack(items).float().mean(dim=0), world).tolist()
-    return {f"{prefix}/{name}": value for name, value in zip(names, means, strict=True)}
-
-
-def _batch_size(inputs: Any) -> int:
-    if isinstance(inputs, torch.Tensor):
-        return int(inputs.shape[0])
-    return len(inputs)
-
-
-def _recipe_yaml(recipe: Any) -> str | None:
-    if recipe is None:
-        return None
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(recipe if OmegaConf.is_config(recipe) else OmegaConf.create(recipe), resolve=True)

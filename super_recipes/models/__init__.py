@@ -7,6 +7,7 @@ loaded by :mod:`super_recipes.models.weights` (files) and :mod:`super_recipes.mo
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,10 @@ def get(
             )
         params["num_classes"] = num_classes
     model = call_with_kwargs(factory, params, f"model '{name}'", "arch_params")
+    if getattr(model, "num_classes", None) is None:
+        count = params.get("num_classes", _default_num_classes(factory))
+        if isinstance(count, int):
+            model.num_classes = count  # lets the Trainer check it against the dataset's classes
     if checkpoint_path or pretrained_weights:
         from super_recipes.models.weights import load_initial_weights
 
@@ -63,6 +68,14 @@ def get(
                                      "strict_load": strict_load, "load_backbone": load_backbone,
                                      "load_ema_as_net": load_ema_as_net}, architecture=name)
     return model
+
+
+def _default_num_classes(factory: Any) -> Any:
+    try:
+        parameter = inspect.signature(factory).parameters.get("num_classes")
+    except (TypeError, ValueError):
+        return None
+    return None if parameter is None else parameter.default
 
 
 def names() -> list[str]:

@@ -105,6 +105,7 @@ class CifarResNet(nn.Module):
         stem_stride: int = 1,
     ):
         super().__init__()
+        self.num_classes = num_classes
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False),
             nn.BatchNorm2d(width),

@@ -13,12 +13,12 @@ import torch
 import torchvision
 from torch import Tensor
 
-from super_recipes.registry import register_callback
+from super_recipes.registry import register_processing
 
 __all__ = ["YoloXPostPredictionCallback"]
 
 
-@register_callback("YoloXPostPredictionCallback")
+@register_processing("YoloXPostPredictionCallback")
 class YoloXPostPredictionCallback:
     """Confidence filter, top-k and NMS over a YOLOX eval output.
 
