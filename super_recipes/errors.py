@@ -10,8 +10,13 @@ class RecipeError(Exception):
     """A mistake in a recipe, an override or a call that the user can fix.
 
     The command-line runner prints only the message (no traceback unless ``HYDRA_FULL_ERROR=1`` or
-    ``SUPER_RECIPES_DEBUG=1``) and exits with status 1.
+    ``SUPER_RECIPES_DEBUG=1``) and exits with status 1. ``key`` is the dotted recipe key at fault, when known,
+    so the runner can add the file or override that set it.
     """
+
+    def __init__(self, message: str = "", key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 def closest_names(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:

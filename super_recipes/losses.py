@@ -20,14 +20,15 @@ from super_recipes.registry import LOSSES, build, is_spec
 def build_loss(spec: Any, criterion_params: dict[str, Any] | None = None) -> Any:
     """``training_hyperparams.loss`` with ``criterion_params`` as its keyword arguments: a name, spec or class is
     built; a loss object or function (Python API) is used as is (``criterion_params`` must then be empty)."""
-    where = "training_hyperparams.loss"
     extra = dict(criterion_params or {})
+    where = "training_hyperparams.criterion_params" if extra else "training_hyperparams.loss"
     if extra and not is_spec(spec) and not inspect.isclass(spec):
         raise RecipeError(f"training_hyperparams.criterion_params {extra} cannot apply to the loss object "
                           f"{spec!r}, which is already built: pass these arguments when you build it.")
     loss = build(LOSSES, spec, where, **extra)
     if not callable(loss):
-        raise RecipeError(f"{where}: {loss!r} is not callable; a loss is called as loss(preds, targets).")
+        raise RecipeError(f"training_hyperparams.loss: {loss!r} is not callable; a loss is called as "
+                          "loss(preds, targets).")
     return loss
 
 

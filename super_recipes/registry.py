@@ -316,14 +316,21 @@ def call_with_kwargs(factory: Callable, kwargs: dict[str, Any], what: str, where
     except RecipeError:
         raise
     except (TypeError, ValueError) as err:
-        raise RecipeError(f"Cannot build {what}{f' at {where}' if where else ''} with {kwargs}: {err}") from err
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in kwargs.items() if k != "params")
+        raise RecipeError(f"Cannot build {what}{f' at {where}' if where else ''} ({shown}): {err}",
+                          key=where or None) from err
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_arguments(factory: Callable, kwargs: dict[str, Any], what: str, where: str = "") -> None:
     """Refuse unknown or missing keyword arguments of ``factory`` without calling it."""
     problem = _argument_problem(factory, kwargs)
     if problem:
-        raise RecipeError(f"Bad arguments for {what}{f' at {where}' if where else ''}: {problem}")
+        raise RecipeError(f"Bad arguments for {what}{f' at {where}' if where else ''}: {problem}", key=where or None)
 
 
 def _argument_problem(factory: Callable, kwargs: dict[str, Any]) -> str:

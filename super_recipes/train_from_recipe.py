@@ -102,28 +102,30 @@ def run_recipe(cfg: Any, source: RecipeSource | None = None) -> dict[str, float]
     names are built (loss, metrics, callbacks, schedule; optimizer dry-run), the model and loader names and
     the devices are checked: all before any model or data is built.
     """
-    from super_recipes.config.compose import import_user_modules, resolve_recipe
+    from super_recipes.config.compose import import_user_modules, resolve_recipe, with_origin
     from super_recipes.config.instantiate import instantiate_training, with_components
     from super_recipes.config.top_level import check_top_level
     from super_recipes.config.training_params import parse_training_params
 
-    import_user_modules(cfg, source)
-    resolve_recipe(cfg)
-    origin = source.origin if source else None
-    check_top_level(cfg, origin)
-    params = parse_training_params(
-        cfg.training_hyperparams, origin=(lambda key: source.origin(f"training_hyperparams.{key}")) if source else None)
-    components = instantiate_training(params)
-    _check_names(cfg)
-    processes = _requested_processes(cfg)
-    from super_recipes.callbacks.loggers import configure_console_logging
-    from super_recipes.engine.distributed import launched_by_torchrun
+    try:
+        import_user_modules(cfg, source)
+        resolve_recipe(cfg)
+        check_top_level(cfg, source.origin if source else None)
+        params = parse_training_params(cfg.training_hyperparams, origin=(
+            lambda key: source.origin(f"training_hyperparams.{key}")) if source else None)
+        components = instantiate_training(params)
+        _check_names(cfg)
+        processes = _requested_processes(cfg)
+        from super_recipes.callbacks.loggers import configure_console_logging
+        from super_recipes.engine.distributed import launched_by_torchrun
 
-    # Weight-loading reports print before training starts; ranks other than 0 stay quiet.
-    configure_console_logging(silent=params.silent_mode, errors_only=os.environ.get("RANK", "0") != "0")
-    if processes > 1 and not launched_by_torchrun():
-        return _launch_distributed(cfg, processes)
-    return _train(cfg, with_components(params, components))
+        # Weight-loading reports print before training starts; ranks other than 0 stay quiet.
+        configure_console_logging(silent=params.silent_mode, errors_only=os.environ.get("RANK", "0") != "0")
+        if processes > 1 and not launched_by_torchrun():
+            return _launch_distributed(cfg, processes)
+        return _train(cfg, with_components(params, components))
+    except RecipeError as err:
+        raise with_origin(err, source) from err
 
 
 def _train(cfg: Any, params: Any) -> dict[str, float]:
@@ -275,7 +277,11 @@ def signal_name(signum: int) -> str:
 def _exit_with(err: RecipeError) -> None:
     if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("SUPER_RECIPES_DEBUG") == "1":
         raise err
-    print(f"Error: {err}", file=sys.stderr)
+    text = str(err)
+    if "Original Traceback" in text:
+        # Raised in a DataLoader worker: torch wraps the message in the worker's traceback; keep the message.
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    print(f"Error: {text}", file=sys.stderr)
     raise SystemExit(1)
 
 

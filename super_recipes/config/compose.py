@@ -100,7 +100,8 @@ class RecipeSource:
     def origin(self, dotted_key: str) -> str:
         """The command-line override (the last one, which Hydra applied) or ``file:line`` that set the key."""
         for override in reversed(self.overrides):
-            if override.key == dotted_key or dotted_key.startswith(override.key + "."):
+            if override.key == dotted_key or dotted_key.startswith(override.key + ".") \
+                    or override.key.startswith(dotted_key + "."):
                 return f"command-line override '{override.typed}'"
         group, _, rest = dotted_key.partition(".")
         primary = self._find(f"{self.name}.yaml")
@@ -125,6 +126,14 @@ class RecipeSource:
         for parent in _defaults_of(file):  # a group file may extend another in its own group
             files += self._group_files(group, parent, depth + 1)
         return files
+
+
+def with_origin(err: RecipeError, source: RecipeSource | None) -> RecipeError:
+    """``err`` with the file or override that set its ``key`` appended (``err`` itself when unknown)."""
+    origin = source.origin(err.key) if source is not None and err.key else ""
+    if not origin or origin in str(err):
+        return err
+    return RecipeError(f"{err}\n(set by {origin})", key=err.key)
 
 
 def _key_location(path: Path, dotted_key: str) -> str:

@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from super_recipes.config.schema import Problem, check_schema, problems_message
 from super_recipes.config.schema import key as k
@@ -32,7 +32,7 @@ class TopLevel:
     val_dataloader: str | None = k(None, "a registered dataloader name")
     device: str | None = k("auto", "auto | cpu | cuda | cuda:N")
     num_gpus: int = k(1, "processes (devices) to train on; -1: all", ge=-1)
-    multi_gpu: Literal["Off", "DDP", "AUTO"] | bool = k("Off", "Off | DDP | AUTO")
+    multi_gpu: Annotated[Literal["Off", "DDP", "AUTO"] | bool, "Off, DDP or AUTO"] = k("Off", "Off | DDP | AUTO")
     imports: list[str] | str = k([], "modules imported first (user code that registers datasets, models...)")
     training_hyperparams: dict[str, Any] = k({}, "the training_hyperparams group")
     dataset_params: dict[str, Any] = k({}, "the dataset_params group")
@@ -108,8 +108,9 @@ def check_device(device: Any, where: str = "") -> None:
     try:
         torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise RecipeError(f"device '{device}'{source} is not a device. {did_you_mean(str(device), DEVICE_WORDS)} "
-                          f"Use one of: auto, cpu, cuda, cuda:N.") from None
+        hint = did_you_mean(str(device), DEVICE_WORDS)
+        raise RecipeError(f"device '{device}'{source} is not a device. {hint + ' ' if hint else ''}"
+                          "Use one of: auto, cpu, cuda, cuda:N.") from None
     try:
         resolve_device(device)
     except RecipeError as err:

@@ -178,4 +178,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        return self.transforms(self._folder.loader(path)), label
+        try:
+            image = self._folder.loader(path)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for truncated or non-image files
+            raise RecipeError(f"Cannot read image {path} (sample {index} of {self.root}): "
+                              f"{type(err).__name__}: {err}. Replace or remove the file.") from err
+        return self.transforms(image), label

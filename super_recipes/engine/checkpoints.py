@@ -101,31 +101,41 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL (\S+)")
+# What torch's weights-only unpickler names when it refuses a file, across its wordings ("Unsupported global:
+# GLOBAL x", "unsupported GLOBAL x whose module m is blocked", "unrecognized function x", "but got <class 'x'>").
+_REFUSED_OBJECT = (
+    re.compile(r"GLOBAL (\S+)"),
+    re.compile(r"unrecognized function (\S+)"),
+    re.compile(r"(?:got|for) <class '([^']+)'>"),
+)
 _TORCH_SAVE_STARTS = (b"PK\x03\x04", b"\x80")  # zip container (torch >= 1.6) or the legacy pickle stream
 
 
 def describe_load_failure(path: Path, err: Exception) -> str:
     """One screen on what is wrong with ``path`` (empty, not a torch file, truncated, unsafe).
 
-    torch's own message suggests ``weights_only=False``, i.e. running the file's code: never repeat that advice.
+    torch's own message about a refused object suggests ``weights_only=False``, i.e. running code from the
+    file: that advice is never repeated; only the object it names is reported.
     """
     with open(path, "rb") as f:
         start = f.read(16)
     text = _ANSI.sub("", str(err))
-    unsafe = _UNSUPPORTED.search(text)
     if not start:
         why = "the file is empty"
     elif not start.startswith(_TORCH_SAVE_STARTS):
         kind = "text" if all(32 <= b < 127 or b in b"\t\r\n" for b in start) else "unknown binary data"
         why = f"not a file written by torch.save (it starts with {start!r}: {kind})"
-    elif unsafe:
-        why = (f"it needs the Python object {unsafe.group(1)}; files that need arbitrary pickled objects are "
-               "refused (weights_only=True) and nothing in it was run")
+    elif "weights only load failed" in text.lower() or "weightsunpickler" in text.lower():
+        found = next((m.group(1).rstrip(".,;") for pattern in _REFUSED_OBJECT for m in [pattern.search(text)] if m),
+                     None)
+        needs = f"the Python object {found}" if found else "Python objects other than tensors and containers"
+        why = (f"it needs {needs}, and files that need arbitrary pickled objects are refused: loading them could "
+               "run code from the file. Nothing in it was run. Re-save its tensors with torch.save (a state dict)")
     elif "central directory" in text or isinstance(err, EOFError) or "truncated" in text.lower():
         why = "the file is truncated or corrupt (copy or save it again)"
     else:
-        why = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+        why = next((line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line),
+                   type(err).__name__)
     return (f"Cannot load checkpoint {path}: {why}.\n"
             "Expected a file written by torch.save holding tensors and plain containers (a super_recipes "
             "checkpoint or a state dict).")

@@ -59,6 +59,21 @@ def explain_loss_failure(err: Exception, preds: Any, targets: Any, recipe: Any =
             from err
 
 
+def explain_first_batch_failure(part: str, err: Exception, given: Any) -> None:
+    """A model or loss that fails on the run's first batch, before any step: a RecipeError naming what it got.
+
+    Nothing has been trained yet, so this is a setup mistake (``in_channels``, ``criterion_params``, a
+    transform...); ``SUPER_RECIPES_DEBUG=1`` shows the traceback.
+    """
+    key = "training_hyperparams.criterion_params" if part == "loss" else "arch_params"
+    what = "The model" if part == "model" else "The loss"
+    shape = f" {tuple(given.shape)}" if isinstance(given, torch.Tensor) else ""
+    received = "inputs" if part == "model" else "predictions"
+    raise RecipeError(f"{what} failed on the first training batch ({received}{shape}), before any step: "
+                      f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
+                      key=key) from err
+
+
 def _label_problem(preds: Any, targets: Any, negative_ok: bool) -> str:
     if not (isinstance(preds, torch.Tensor) and isinstance(targets, torch.Tensor)):
         return ""

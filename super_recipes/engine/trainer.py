@@ -40,7 +40,12 @@ from super_recipes.engine.precise_bn import recompute_batchnorm_statistics
 from super_recipes.engine.precision import amp_dtype_for, autocast_factory, grad_scaler_for
 from super_recipes.engine.reproducibility import seed_everything
 from super_recipes.engine.resume import describe_run, resume_checkpoint_path
-from super_recipes.engine.sanity import check_class_count, check_first_batch, explain_loss_failure
+from super_recipes.engine.sanity import (
+    check_class_count,
+    check_first_batch,
+    explain_first_batch_failure,
+    explain_loss_failure,
+)
 from super_recipes.engine.state import capture, put_back_rng, restore
 from super_recipes.errors import RecipeError
 from super_recipes.losses import expected_loss_names, loss_item_names, split_loss_output
@@ -234,14 +239,22 @@ class Trainer:
             inputs, targets = self.pre_prediction_callback(inputs, targets, batch_idx)
         ctx.batch_idx, ctx.inputs, ctx.targets, ctx.is_optimizer_step = batch_idx, inputs, targets, is_step
         callbacks.on_train_batch_start(ctx)
+        first = not self.state.loss_names  # the run's first batch (in this process)
         with self.autocast():
-            preds = self.forward_net(inputs)
+            try:
+                preds = self.forward_net(inputs)
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                if first:
+                    explain_first_batch_failure("model", err, inputs)
+                raise
             try:
                 loss, loss_items = split_loss_output(self.loss_fn(preds, targets))
-            except (IndexError, RuntimeError) as err:
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
                 explain_loss_failure(err, preds, targets, self.recipe)
+                if first:
+                    explain_first_batch_failure("loss", err, preds)
                 raise
-        if not self.state.loss_names:  # the run's first batch
+        if first:
             check_first_batch(preds, targets, self.recipe)
             self._name_loss_items(ctx, loss_items)
         ctx.preds, ctx.loss, ctx.loss_items = preds, loss, loss_items
