@@ -208,11 +208,11 @@ def composition_error_message(err: BaseException, config_dirs: Sequence[Path] = 
     cause = _find_in_chain(err, yaml.YAMLError)
     if cause is not None:
         return yaml_error_message(cause)
-    text = str(err).strip()
-    if "Cannot merge DictConfig with ListConfig" in text or "ConfigTypeError" in text:
-        shape = _find_wrong_shape([*config_dirs, recipes_dir()], name)
-        if shape:
-            return shape
+    # A group given as a list or a value (where a mapping belongs) makes Hydra fail in many ways, often while
+    # applying an unrelated override: look for that first, it is the real cause.
+    shape = _find_wrong_shape([*config_dirs, recipes_dir()], name)
+    if shape:
+        return shape
     return hydra_error_message(err, config_dirs)
 
 
