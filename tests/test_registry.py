@@ -94,3 +94,33 @@ def test_on_demand_modules_import_and_stay_out_of_classification_runs():
              "'torchvision.transforms.v2' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"  # nor torchvision's transforms (>1 s to import) for built-ins
+
+
+def test_detection_readers_share_the_object_spec_grammar():
+    from super_recipes.detection.coco_evaluation import CocoEvaluationCallback
+    from super_recipes.detection.metrics import DetectionMetrics_050
+    from super_recipes.detection.visualization import DetectionVisualizationCallback
+    from super_recipes.detection.yolox.postprocess import YoloXPostPredictionCallback
+
+    path = "super_recipes.detection.yolox.postprocess.YoloXPostPredictionCallback"
+    for spec, conf in [("YoloXPostPredictionCallback", 0.001), ({"YoloXPostPredictionCallback": {"conf": 0.2}}, 0.2),
+                       ({"_target_": path, "conf": 0.3}, 0.3), (path, 0.001), (YoloXPostPredictionCallback(conf=0.4), 0.4),
+                       (YoloXPostPredictionCallback, 0.001)]:
+        readers = [DetectionMetrics_050(num_cls=2, post_prediction_callback=spec).post_prediction_callback,
+                   CocoEvaluationCallback(post_prediction_callback=spec).post_prediction_callback,
+                   DetectionVisualizationCallback(post_prediction_callback=spec).post_prediction_callback]
+        for callback in readers:
+            assert isinstance(callback, YoloXPostPredictionCallback) and callback.conf == conf, spec
+    with pytest.raises(RecipeError, match="Did you mean: YoloXPostPredictionCallback"):
+        CocoEvaluationCallback(post_prediction_callback="YoloXPostPredictionCallbak")
+
+
+def test_task_packages_declare_their_registry_modules():
+    from super_recipes.detection.registry_modules import REGISTRY_MODULES
+    from super_recipes.registry import MODELS, task_registry_modules
+
+    assert task_registry_modules()["detection"] == REGISTRY_MODULES
+    assert set(REGISTRY_MODULES["models"]) <= set(MODELS.on_demand_modules)
+    for key, modules in REGISTRY_MODULES.items():
+        assert key in {registry.key for registry in REGISTRIES.values()}, key
+    assert "yolox_n" in MODELS.names()
