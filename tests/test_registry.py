@@ -103,9 +103,10 @@ def test_detection_readers_share_the_object_spec_grammar():
     from super_recipes.detection.yolox.postprocess import YoloXPostPredictionCallback
 
     path = "super_recipes.detection.yolox.postprocess.YoloXPostPredictionCallback"
-    for spec, conf in [("YoloXPostPredictionCallback", 0.001), ({"YoloXPostPredictionCallback": {"conf": 0.2}}, 0.2),
-                       ({"_target_": path, "conf": 0.3}, 0.3), (path, 0.001), (YoloXPostPredictionCallback(conf=0.4), 0.4),
-                       (YoloXPostPredictionCallback, 0.001)]:
+    specs = [("YoloXPostPredictionCallback", 0.001), ({"YoloXPostPredictionCallback": {"conf": 0.2}}, 0.2),
+             ({"_target_": path, "conf": 0.3}, 0.3), (path, 0.001), (YoloXPostPredictionCallback(conf=0.4), 0.4),
+             (YoloXPostPredictionCallback, 0.001)]
+    for spec, conf in specs:
         readers = [DetectionMetrics_050(num_cls=2, post_prediction_callback=spec).post_prediction_callback,
                    CocoEvaluationCallback(post_prediction_callback=spec).post_prediction_callback,
                    DetectionVisualizationCallback(post_prediction_callback=spec).post_prediction_callback]
@@ -121,6 +122,5 @@ def test_task_packages_declare_their_registry_modules():
 
     assert task_registry_modules()["detection"] == REGISTRY_MODULES
     assert set(REGISTRY_MODULES["models"]) <= set(MODELS.on_demand_modules)
-    for key, modules in REGISTRY_MODULES.items():
-        assert key in {registry.key for registry in REGISTRIES.values()}, key
+    assert set(REGISTRY_MODULES) <= {registry.key for registry in REGISTRIES.values()}
     assert "yolox_n" in MODELS.names()
