@@ -1,0 +1,1 @@
+"""Adapters that let scripts written for other training frameworks' APIs run on super_recipes."""
