@@ -1,4 +1,4 @@
-"""Metrics (``train_metrics_list`` / ``valid_metrics_list``): torchmetrics objects, by registered name.
+"""Metrics (``train_metrics_list`` / ``valid_metrics_list``): metric objects, by registered name or as objects.
 
 Any ``torchmetrics`` class is usable by name with its arguments (``{MulticlassF1Score: {num_classes: 10}}``).
 A batch may carry a third element, a dict of extras (``(inputs, targets, extras)``); a metric that sets
@@ -14,22 +14,28 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torchmetrics
 
 from super_recipes.registry import METRICS, build, is_spec, register_metric, to_plain
 
 
-class TopKAccuracy(torchmetrics.Metric):
-    """Fraction of samples whose target is among the ``k`` highest-scoring classes."""
+class TopKAccuracy(torch.nn.Module):
+    """Fraction of samples whose target is among the ``k`` highest-scoring classes.
+
+    The interface of a ``torchmetrics.Metric`` (``update``/``compute``/``reset``, summed over DDP ranks at
+    ``compute`` unless ``sync_on_compute`` is false, states in ``state_dict``) written out rather than inherited:
+    importing torchmetrics costs more than a second (its image metrics import torchvision and torch._dynamo),
+    which every classification run would pay before its first step for two counters.
+    """
 
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, k: int = 1, **kwargs: Any):
-        super().__init__(**kwargs)
+    def __init__(self, k: int = 1, sync_on_compute: bool = True, dist_sync_on_step: bool = False):
+        super().__init__()
         self.k = k
-        self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.sync_on_compute = sync_on_compute
+        self.register_buffer("correct", torch.zeros((), dtype=torch.long))
+        self.register_buffer("total", torch.zeros((), dtype=torch.long))
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         if target.ndim == preds.ndim:  # one-hot or soft targets (mixup, label smoothing done in data)
@@ -39,26 +45,43 @@ class TopKAccuracy(torchmetrics.Metric):
         self.total += target.numel()
 
     def compute(self) -> torch.Tensor:
-        return self.correct.float() / self.total.clamp(min=1)
+        counts = torch.stack([self.correct, self.total])
+        if self.sync_on_compute and torch.distributed.is_available() and torch.distributed.is_initialized():
+            counts = counts.clone()
+            torch.distributed.all_reduce(counts)
+        return counts[0].float() / counts[1].clamp(min=1)
+
+    def reset(self) -> None:
+        self.correct.zero_()
+        self.total.zero_()
+
+    def persistent(self, mode: bool = False) -> None:
+        """torchmetrics' switch for states in ``state_dict``: these counters are always there."""
+
+    def forward(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.update(preds, target)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}"
 
 
 @register_metric("Accuracy")
 class Accuracy(TopKAccuracy):
     """Top-1 accuracy over logits ``[B, C]`` and integer targets ``[B]``."""
 
-    def __init__(self, **kwargs: Any):
-        super().__init__(k=1, **kwargs)
+    def __init__(self, sync_on_compute: bool = True, dist_sync_on_step: bool = False):
+        super().__init__(k=1, sync_on_compute=sync_on_compute, dist_sync_on_step=dist_sync_on_step)
 
 
 @register_metric("Top5")
 class Top5(TopKAccuracy):
     """Top-5 accuracy over logits ``[B, C]`` and integer targets ``[B]``."""
 
-    def __init__(self, **kwargs: Any):
-        super().__init__(k=5, **kwargs)
+    def __init__(self, sync_on_compute: bool = True, dist_sync_on_step: bool = False):
+        super().__init__(k=5, sync_on_compute=sync_on_compute, dist_sync_on_step=dist_sync_on_step)
 
 
-def build_metrics(specs: Any, where: str) -> dict[str, torchmetrics.Metric]:
+def build_metrics(specs: Any, where: str) -> dict[str, Any]:
     """``{name: metric}`` for ``train_metrics_list`` / ``valid_metrics_list`` / ``test_metrics_list``.
 
     Entries are recipe specs (named by their registered name: ``Accuracy``, ``Top5``...) or, from the Python API,
@@ -75,7 +98,7 @@ def build_metrics(specs: Any, where: str) -> dict[str, torchmetrics.Metric]:
     else:
         entries = specs if isinstance(specs, (list, tuple)) else [specs]
         named = [(_metric_name(spec), spec) for spec in entries]
-    metrics: dict[str, torchmetrics.Metric] = {}
+    metrics: dict[str, Any] = {}
     for i, (name, spec) in enumerate(named):
         metric = build(METRICS, spec, f"{where}[{i}]")
         metrics[name if name not in metrics else f"{name}_{i}"] = metric
@@ -93,7 +116,7 @@ def _metric_name(spec: Any) -> str:
     return spec.__name__ if inspect.isclass(spec) else type(spec).__name__
 
 
-def update_metric(metric: torchmetrics.Metric, preds: Any, targets: Any, extras: dict | None) -> None:
+def update_metric(metric: Any, preds: Any, targets: Any, extras: dict | None) -> None:
     """``metric.update(preds, targets)``; metrics with ``accepts_batch_extras = True`` also get the batch's
     extras as keyword arguments (the third element of a batch, e.g. crowd boxes and image shapes in detection)."""
     if extras is not None and getattr(metric, "accepts_batch_extras", False):
@@ -102,7 +125,7 @@ def update_metric(metric: torchmetrics.Metric, preds: Any, targets: Any, extras:
         metric.update(preds, targets)
 
 
-def compute_metrics(metrics: dict[str, torchmetrics.Metric], prefix: str) -> dict[str, float]:
+def compute_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     """Compute (synchronised across processes by torchmetrics) and reset; ``{prefix/name: value}``."""
     out: dict[str, float] = {}
     for name, metric in metrics.items():

@@ -10,6 +10,7 @@ import logging
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from super_recipes.callbacks.base import Callback, PhaseContext
@@ -118,9 +119,8 @@ class TensorBoardLogger(Callback):
         self._pending: list[tuple[str, float, int]] = []
 
     def on_training_start(self, context: PhaseContext) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._writer = SummaryWriter(log_dir=str(context.experiment_dir))
+        # Opened on first use (importing tensorboard takes a noticeable part of a second, before the first step).
+        self._writer = LazySummaryWriter(context.experiment_dir)
         context.tensorboard = self._writer  # for callbacks that draw (SuperGradients' context.sg_logger)
         if getattr(context.training_params, "log_installed_packages", False):
             from super_recipes.engine.environment import installed_packages
@@ -148,6 +148,26 @@ class TensorBoardLogger(Callback):
         self._writer.flush()
 
     def on_training_end(self, context: PhaseContext) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class LazySummaryWriter:
+    """A ``torch.utils.tensorboard.SummaryWriter`` for ``log_dir`` created on first use (``close`` before any
+    use creates nothing)."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self._writer: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        return getattr(self._writer, name)
+
+    def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
 
