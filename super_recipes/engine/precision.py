@@ -38,8 +38,15 @@ def amp_dtype_for(params: Any, device: torch.device) -> torch.dtype | None:
 def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callable[[], Any]:
     """A zero-argument context factory: autocast when ``dtype`` is set, a no-op context otherwise."""
     if dtype is None:
-        return contextlib.nullcontext
+        return _no_autocast
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+_NULL_CONTEXT = contextlib.nullcontext()  # stateless and reusable: one instance serves every step
+
+
+def _no_autocast() -> contextlib.nullcontext:
+    return _NULL_CONTEXT
 
 
 def grad_scaler_for(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler | None:

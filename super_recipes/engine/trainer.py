@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,8 @@ class Trainer:
                 metric.persistent(True)  # its state_dict then carries the partial epoch into checkpoints
         self.valid_metrics = _to_device(components.valid_metrics, self.device)
         self.pre_prediction_callback = components.pre_prediction_callback
+        # Batches from a CPU loader already are where a CPU run computes: skip the per-step .to() calls.
+        self._move_to_device = _unchanged if self.device.type == "cpu" else partial(to_device, device=self.device)
         self.full_valid_loader = valid_loader
         self.valid_loader = shard_for_evaluation(valid_loader, world.size, world.rank) if valid_loader else None
         self.train_loader = make_resumable(train_loader, params.seed, world.size, world.rank)
@@ -232,9 +235,9 @@ class Trainer:
                    is_step: bool) -> None:
         """One micro-batch: to the device, ``pre_prediction_callback``, forward, loss, :meth:`update_params`,
         training metrics."""
-        device = self.device
-        inputs, targets = to_device(batch[0], device), to_device(batch[1], device)
-        ctx.batch_extras = to_device(batch[2], device) if len(batch) > 2 else None
+        move = self._move_to_device
+        inputs, targets = move(batch[0]), move(batch[1])
+        ctx.batch_extras = move(batch[2]) if len(batch) > 2 else None
         if self.pre_prediction_callback is not None:
             inputs, targets = self.pre_prediction_callback(inputs, targets, batch_idx)
         ctx.batch_idx, ctx.inputs, ctx.targets, ctx.is_optimizer_step = batch_idx, inputs, targets, is_step
@@ -276,8 +279,11 @@ class Trainer:
         """
         scaler, optimizer = self.scaler, self.optimizer
         scaled = loss / group_size if group_size > 1 else loss
-        with _skip_gradient_sync(self.forward_net, not is_step):
+        if is_step:
             (scaler.scale(scaled) if scaler else scaled).backward()
+        else:
+            with _skip_gradient_sync(self.forward_net):
+                (scaler.scale(scaled) if scaler else scaled).backward()
         callbacks.on_train_batch_backward_end(ctx)
         if not is_step:
             return
@@ -399,14 +405,18 @@ def build_optimizer_for(net: torch.nn.Module, params: TrainingParams) -> torch.o
     return build_optimizer(net, params)
 
 
+def _unchanged(batch_part: Any) -> Any:
+    return batch_part
+
+
 def _to_device(metrics: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {name: m.to(device) if hasattr(m, "to") else m for name, m in metrics.items()}
 
 
-def _skip_gradient_sync(net: torch.nn.Module, skip: bool) -> contextlib.AbstractContextManager:
+def _skip_gradient_sync(net: torch.nn.Module) -> contextlib.AbstractContextManager:
     """DDP's ``no_sync`` on micro-batches that only accumulate, so gradients are all-reduced once per step."""
     no_sync = getattr(net, "no_sync", None)
-    return no_sync() if skip and no_sync is not None else contextlib.nullcontext()
+    return no_sync() if no_sync is not None else contextlib.nullcontext()
 
 
 def _batches(loader: Iterable | None, limit: int | None) -> int | None:
