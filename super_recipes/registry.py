@@ -160,19 +160,20 @@ def _at(where: str) -> str:
     return f"at {where} " if where else ""
 
 
-def _public_classes(module_name: str, base: str | None = None, suffix: str = "") -> Fallback:
-    """Fallback that exposes the public classes of a library module (optionally subclasses of ``base``)."""
+def _public_classes(module_names: str | tuple[str, ...], base: str | None = None, suffix: str = "") -> Fallback:
+    """Fallback that exposes the public classes of library modules (optionally subclasses of ``base``)."""
 
     def load() -> dict[str, Any]:
-        module = importlib.import_module(module_name)
         base_cls = import_dotted(base) if base else None
         out = {}
-        for name in dir(module):
-            obj = getattr(module, name)
-            if name.startswith("_") or not inspect.isclass(obj) or not name.endswith(suffix):
-                continue
-            if base_cls is None or (issubclass(obj, base_cls) and obj is not base_cls):
-                out[name] = obj
+        for module_name in (module_names,) if isinstance(module_names, str) else module_names:
+            module = importlib.import_module(module_name)
+            for name in dir(module):
+                obj = getattr(module, name)
+                if name.startswith("_") or not inspect.isclass(obj) or not name.endswith(suffix) or name in out:
+                    continue
+                if base_cls is None or (issubclass(obj, base_cls) and obj is not base_cls):
+                    out[name] = obj
         return out
 
     return load
@@ -197,7 +198,9 @@ def import_dotted(path: str, where: str = "") -> Any:
 MODELS = Registry("model", ["super_recipes.models.classification"])
 LOSSES = Registry("loss", ["super_recipes.losses"], _public_classes("torch.nn", "torch.nn.Module", "Loss"),
                   key="losses")
-METRICS = Registry("metric", ["super_recipes.metrics"], _public_classes("torchmetrics", "torchmetrics.Metric"))
+METRICS = Registry("metric", ["super_recipes.metrics"], _public_classes(
+    ("torchmetrics", "torchmetrics.classification", "torchmetrics.regression", "torchmetrics.aggregation"),
+    "torchmetrics.Metric"))
 CALLBACKS = Registry("callback", ["super_recipes.callbacks"])
 DATASETS = Registry("dataset", ["super_recipes.data.shapes", "super_recipes.data.torchvision_datasets"])
 DATALOADERS = Registry("dataloader", ["super_recipes.data.dataloaders"])
