@@ -115,6 +115,11 @@ def test_a_group_file_that_is_a_list(tmp_path):
     (tmp_path / "recipes" / "training_hyperparams").mkdir()
     (tmp_path / "recipes" / "training_hyperparams" / "listed.yaml").write_text("- 1\n- 2\n")
     refused(tmp_path, [], "listed.yaml:1", "must hold a mapping", name="mine", config_dir=tmp_path / "recipes")
+    # A broken file the recipe does not use is not blamed for another mistake.
+    _recipe(tmp_path / "recipes", "plain_defaults", "defaults: training_hyperparams\narchitecture: resnet_tiny_cifar\n")
+    message = refused(tmp_path, [], "plain_defaults.yaml:1", "'defaults' must be a list", name="plain_defaults",
+                      config_dir=tmp_path / "recipes")
+    assert "listed.yaml" not in message
 
 
 def test_command_line_errors_are_one_screen_without_traceback(tmp_path):

@@ -192,7 +192,7 @@ def compose_recipe(name: str = DEFAULT_RECIPE, overrides: Sequence[str] = (),
         try:
             cfg = compose(config_name=name, overrides=hydra_overrides, return_hydra_config=True)
         except Exception as err:
-            raise RecipeError(composition_error_message(err, config_dirs, name)) from None
+            raise RecipeError(composition_error_message(err, config_dirs, name, hydra_overrides)) from None
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
@@ -201,7 +201,8 @@ def compose_recipe(name: str = DEFAULT_RECIPE, overrides: Sequence[str] = (),
     return cfg, source
 
 
-def composition_error_message(err: BaseException, config_dirs: Sequence[Path] = (), name: str = "") -> str:
+def composition_error_message(err: BaseException, config_dirs: Sequence[Path] = (), name: str = "",
+                              overrides: Sequence[str] = ()) -> str:
     """One screen for a failed composition: YAML errors with file/line/column, wrong shapes with their key."""
     import yaml
 
@@ -210,7 +211,7 @@ def composition_error_message(err: BaseException, config_dirs: Sequence[Path] = 
         return yaml_error_message(cause)
     # A group given as a list or a value (where a mapping belongs) makes Hydra fail in many ways, often while
     # applying an unrelated override: look for that first, it is the real cause.
-    shape = _find_wrong_shape([*config_dirs, recipes_dir()], name)
+    shape = _find_wrong_shape([*config_dirs, recipes_dir()], name, overrides)
     if shape:
         return shape
     return hydra_error_message(err, config_dirs)
@@ -250,31 +251,53 @@ def _line_of(path: str, line: int) -> str | None:
         return None
 
 
-def _find_wrong_shape(search_dirs: Sequence[Path], name: str) -> str:
-    """The first recipe file where a group key, or a group file itself, holds a list or a value (not a mapping)."""
+def _find_wrong_shape(search_dirs: Sequence[Path], name: str, overrides: Sequence[str] = ()) -> str:
+    """The first file of this recipe whose shape is wrong: the recipe is not a mapping, its ``defaults`` not a
+    list, a group key holds a list or a value, or a group file it uses (by ``defaults`` or an override) does not
+    hold a mapping. Only the files the composition reads are looked at."""
     import yaml
 
-    candidates = [Path(d) / f"{name.removesuffix('.yaml')}.yaml" for d in search_dirs]
-    candidates += [p for d in search_dirs for g in GROUPS for p in sorted((Path(d) / g).glob("*.yaml"))]
-    for path in candidates:
-        if not path.is_file():
-            continue
-        try:
-            root = yaml.compose(path.read_text())
-        except yaml.YAMLError:
-            continue
-        if root is None:
-            continue
-        if path.parent.name in GROUPS and not isinstance(root, yaml.MappingNode):
-            return (f"{path}:{root.start_mark.line + 1}: a {path.parent.name} file must hold a mapping of keys to "
-                    f"values, but it holds {_node_kind(root)}.")
-        if not isinstance(root, yaml.MappingNode):
-            continue
-        for key_node, value in root.value:
-            if key_node.value in GROUPS and not isinstance(value, yaml.MappingNode) and not _is_null(value):
-                return (f"{path}:{key_node.start_mark.line + 1}: '{key_node.value}' must be a mapping of keys to "
-                        f"values, but it is {_node_kind(value)}.")
+    primary = next((Path(d) / f"{name.removesuffix('.yaml')}.yaml" for d in search_dirs
+                    if (Path(d) / f"{name.removesuffix('.yaml')}.yaml").is_file()), None)
+    if primary is None:
+        return ""
+    root = _compose_quietly(primary)
+    if root is None or not isinstance(root, yaml.MappingNode):
+        return f"{primary}:1: a recipe must be a mapping of keys to values." if root is not None else ""
+    chosen: dict[str, str] = {}
+    for key_node, value in root.value:
+        if key_node.value == "defaults":
+            if not isinstance(value, yaml.SequenceNode):
+                return (f"{primary}:{key_node.start_mark.line + 1}: 'defaults' must be a list such as "
+                        f"[training_hyperparams: default_train_params, _self_], but it is {_node_kind(value)}.")
+            for entry in value.value:
+                if isinstance(entry, yaml.MappingNode) and len(entry.value) == 1:
+                    group, option = entry.value[0]
+                    chosen[str(group.value).lstrip("/")] = str(option.value)
+        elif key_node.value in GROUPS and not isinstance(value, yaml.MappingNode) and not _is_null(value):
+            return (f"{primary}:{key_node.start_mark.line + 1}: '{key_node.value}' must be a mapping of keys to "
+                    f"values, but it is {_node_kind(value)}.")
+    for override in overrides:
+        group, sep, option = override.lstrip("+~").partition("=")
+        if sep and group in GROUPS:
+            chosen[group] = option
+    for group, option in chosen.items():
+        file = next((Path(d) / group / f"{option}.yaml" for d in search_dirs
+                     if (Path(d) / group / f"{option}.yaml").is_file()), None)
+        node = _compose_quietly(file) if file else None
+        if node is not None and not isinstance(node, yaml.MappingNode):
+            return (f"{file}:{node.start_mark.line + 1}: a {group} file must hold a mapping of keys to values, but "
+                    f"it holds {_node_kind(node)}.")
     return ""
+
+
+def _compose_quietly(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.compose(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
 
 
 def _is_null(node: Any) -> bool:
