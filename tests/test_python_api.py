@@ -256,3 +256,44 @@ def test_update_params_is_the_overridable_optimizer_step(tmp_path, tiny_classifi
     assert FrozenTrainer.calls == 2 * len(train_loader)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert load_checkpoint(tmp_path / "frozen" / "ckpt_latest.pth")["global_step"] == 2 * len(train_loader)
+
+
+def test_training_metrics_resume_mid_epoch_through_their_public_state(tmp_path, tiny_classification_loaders):
+    """A SIGTERM mid-epoch saves the partial states of the training metrics (a summing one and a concatenating
+    one); the resumed epoch reports what an uninterrupted run reports."""
+    import csv
+    import os
+    import signal
+
+    from torchmetrics.classification import MulticlassAUROC
+
+    from super_recipes.engine.interrupts import TrainingInterrupted
+
+    train_loader, valid_loader = tiny_classification_loaders
+
+    class SigtermAt(Callback):
+        def on_train_batch_gradient_step_end(self, context):
+            if context.global_step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def run(name: str, callbacks=(), **extra) -> None:
+        Trainer(name, tmp_path, device="cpu").train(
+            model=linear_model(), training_params={
+                "max_epochs": 2, "silent_mode": True, "train_metrics_list": [Accuracy(), MulticlassAUROC(3)],
+                "valid_metrics_list": [Accuracy()], **extra},
+            train_loader=train_loader, valid_loader=valid_loader, callbacks=callbacks)
+
+    run("straight")
+    with pytest.raises(TrainingInterrupted):
+        run("interrupted", [SigtermAt()])
+    assert load_checkpoint(tmp_path / "interrupted" / "ckpt_latest.pth")["resume"] == {
+        "epoch": 0, "batch": 3, "lrs": {"lr": 0.1}, "elapsed": pytest.approx(0, abs=5), "loss_names":
+        ["CrossEntropyLoss"]}
+    run("interrupted", resume=True)
+
+    def rows(name: str) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "epoch_time"}
+                for row in csv.DictReader((tmp_path / name / "metrics.csv").open())]
+
+    assert rows("interrupted") == rows("straight")
+    assert {"train/Accuracy", "train/MulticlassAUROC"} <= set(rows("straight")[0])
