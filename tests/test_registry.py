@@ -124,3 +124,15 @@ def test_task_packages_declare_their_registry_modules():
     assert set(REGISTRY_MODULES["models"]) <= set(MODELS.on_demand_modules)
     assert set(REGISTRY_MODULES) <= {registry.key for registry in REGISTRIES.values()}
     assert "yolox_n" in MODELS.names()
+
+
+def test_importing_the_trainer_and_building_classification_metrics_stays_light():
+    import subprocess
+    import sys
+
+    probe = ("import sys; from super_recipes import Trainer, models, dataloaders; Trainer; "
+             "from super_recipes.metrics import build_metrics; build_metrics(['Accuracy', 'Top5'], 'x'); "
+             "print(sorted(m for m in ('torchvision', 'torchmetrics', 'tensorboard', 'hydra', 'cv2') "
+             "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
