@@ -10,7 +10,7 @@ name only (:func:`run_form`), since their arguments are known only where the obj
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 PRIMITIVES = (str, int, float, bool, type(None))
@@ -24,26 +24,24 @@ def qualified_name(obj: Any) -> str:
 
 def describe(value: Any) -> Any:
     """A YAML-friendly record of ``value``: containers recursively, objects as ``_target_`` nodes."""
-    if isinstance(value, PRIMITIVES):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k if isinstance(k, str) else qualified_name(k)): describe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [describe(v) for v in value]
-    if inspect.isclass(value) or inspect.isroutine(value):
-        return qualified_name(value)
-    return {"_target_": qualified_name(value), **_known_arguments(value)}
+    return _record(value, lambda obj: {"_target_": qualified_name(obj), **_known_arguments(obj)})
 
 
 def run_form(value: Any) -> Any:
     """What the same-run check compares: like :func:`describe`, but an object is its qualified name alone."""
+    return _record(value, qualified_name)
+
+
+def _record(value: Any, object_form: Callable[[Any], Any]) -> Any:
     if isinstance(value, PRIMITIVES):
         return value
     if isinstance(value, Mapping):
-        return {str(k if isinstance(k, str) else qualified_name(k)): run_form(v) for k, v in value.items()}
+        return {str(k if isinstance(k, str) else qualified_name(k)): _record(v, object_form) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [run_form(v) for v in value]
-    return qualified_name(value)
+        return [_record(v, object_form) for v in value]
+    if inspect.isclass(value) or inspect.isroutine(value):
+        return qualified_name(value)
+    return object_form(value)
 
 
 def _known_arguments(obj: Any) -> dict[str, Any]:
