@@ -51,6 +51,7 @@ from super_recipes.engine.state import capture, put_back_rng, restore
 from super_recipes.errors import RecipeError
 from super_recipes.losses import expected_loss_names, loss_item_names, split_loss_output
 from super_recipes.metrics import build_metrics, check_metric_to_watch, compute_metrics, update_metric
+from super_recipes.optimizers import build_optimizer
 
 logger = logging.getLogger("super_recipes")
 
@@ -95,7 +96,7 @@ class Trainer:
         components = instantiate_training(params)
         self.params = params
         self.net = model.to(self.device)
-        self.optimizer = build_optimizer_for(self.net, params)
+        self.optimizer = build_optimizer(self.net, params)
         self.loss_fn = components.loss.to(self.device) if isinstance(components.loss, torch.nn.Module) \
             else components.loss
         self.train_metrics = _to_device(components.train_metrics, self.device)
@@ -397,12 +398,6 @@ class Trainer:
             f"{params.max_epochs} epochs, {self.steps_per_epoch} steps/epoch"
             f"{' with ' + ', '.join(extras) if extras else ''}; outputs in {self.experiment_dir}"
         )
-
-
-def build_optimizer_for(net: torch.nn.Module, params: TrainingParams) -> torch.optim.Optimizer:
-    from super_recipes.optimizers import build_optimizer
-
-    return build_optimizer(net, params)
 
 
 def _unchanged(batch_part: Any) -> Any:
