@@ -210,6 +210,50 @@ def test_hand_made_case_with_known_values():
     assert {k: float(v) for k, v in normalised.compute().items()} == pytest.approx(out)
 
 
+# Detections (score, hits a ground-truth box) per class; the F1 of "keep what scores >= t" peaks at a different t
+# for each class and for their mean, none of them 0, 0.5 or 1. Scores are off the 0.01 grid.
+BEST_THRESHOLD_CASE = {
+    0: ([(0.914, True), (0.862, True), (0.785, False), (0.694, False), (0.653, True), (0.327, False),
+         (0.216, False)], 3),
+    1: ([(0.883, True), (0.806, False), (0.745, False), (0.568, True), (0.423, True), (0.292, True),
+         (0.137, False)], 4),
+}
+
+
+def _f1_by_threshold(detections: list[tuple[float, bool]], num_gt: int, grid: np.ndarray) -> np.ndarray:
+    scores = np.array([s for s, _ in detections])
+    hits = np.array([h for _, h in detections])
+    kept = scores[None, :] >= grid[:, None]
+    tp, fp = (kept & hits).sum(1), (kept & ~hits).sum(1)
+    precision, recall = tp / np.maximum(tp + fp, 1), tp / num_gt
+    return np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+
+
+@pytest.mark.parametrize("name", ["DetectionMetrics_050", "DetectionMetrics"])
+def test_best_score_threshold_maximises_f1(name):
+    """Hits are exact copies of a ground-truth box (IoU 1 at every threshold), misses overlap nothing."""
+    targets, rows = [], []
+    for label, (detections, num_gt) in BEST_THRESHOLD_CASE.items():
+        gt_boxes = [(100 * i + 10, 300 * label + 10, 100 * i + 60, 300 * label + 60) for i in range(num_gt)]
+        targets += [[0, label, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1] for x1, y1, x2, y2 in gt_boxes]
+        hits = iter(gt_boxes)
+        for k, (score, hit) in enumerate(detections):
+            box = next(hits) if hit else (100 * k + 10, 300 * label + 150, 100 * k + 40, 300 * label + 180)
+            rows.append([*box, score, label])
+    metric = METRICS.get(name)(num_cls=2, score_thres=0.0, class_names=["a", "b"], calc_best_score_thresholds=True)
+    metric.update([torch.tensor(rows, dtype=torch.float64)], torch.tensor(targets, dtype=torch.float64))
+    out = {k: float(v) for k, v in metric.compute().items()}
+
+    grid = np.round(np.arange(101) / 100, 2)
+    curves = {label: _f1_by_threshold(d, n, grid) for label, (d, n) in BEST_THRESHOLD_CASE.items()}
+    expected = {"a": grid[curves[0].argmax()], "b": grid[curves[1].argmax()],
+                "": grid[((curves[0] + curves[1]) / 2).argmax()]}  # the lowest threshold among equal F1
+    assert expected == {"a": 0.79, "b": 0.14, "": 0.22}
+    assert out["Best_score_threshold"] == pytest.approx(expected[""], abs=1e-6)
+    assert out["Best_score_threshold_a"] == pytest.approx(expected["a"], abs=1e-6)
+    assert out["Best_score_threshold_b"] == pytest.approx(expected["b"], abs=1e-6)
+
+
 def test_top_k_per_image_or_per_class():
     # 150 perfect copies of one object of class 0, scored below 150 false positives of class 1
     targets = torch.tensor([[0, 0, 50, 50, 20, 20]], dtype=torch.float64)

@@ -38,6 +38,18 @@ HELPERS = textwrap.dedent("""
                 os.kill(os.getpid(), 9)
 
     @register_callback
+    class CountValidation(Callback):
+        # Appends "epoch samples pixel_sum" of each validation pass to val_rank<RANK>.txt in the working folder.
+        def on_validation_loader_start(self, context):
+            self.count, self.total = 0, 0.0
+        def on_validation_batch_end(self, context):
+            self.count += len(context.inputs)
+            self.total += float(context.inputs.double().sum())
+        def on_validation_loader_end(self, context):
+            with open(f"val_rank{os.environ.get('RANK', 0)}.txt", "a") as f:
+                print(context.epoch, self.count, repr(self.total), file=f)
+
+    @register_callback
     class FailOnRank(Callback):
         def __init__(self, rank: int = 1, step: int = 3):
             self.rank, self.step = rank, step
@@ -61,7 +73,10 @@ def _run(workdir, args):
 
 
 def test_ddp_relaunch_trains_and_validates_every_sample_once(workdir):
-    result = _run(workdir, [*SMALL, "multi_gpu=DDP", "num_gpus=2", f"ckpt_root_dir={workdir / 'ckpt'}"])
+    samples = 301  # odd: the two shards differ in size (151 + 150), as a DistributedSampler would not allow
+    result = _run(workdir, [*SMALL, "multi_gpu=DDP", "num_gpus=2", f"ckpt_root_dir={workdir / 'ckpt'}",
+                            f"dataset_params.val_dataset_params.num_samples={samples}",
+                            "training_hyperparams.phase_callbacks=[CountValidation]"])
     assert result.returncode == 0, result.stderr
     assert [p.name for p in (workdir / "ckpt").iterdir()] == ["shapes_resnet"]  # one folder for all ranks
     folder = workdir / "ckpt" / "shapes_resnet"
@@ -72,11 +87,22 @@ def test_ddp_relaunch_trains_and_validates_every_sample_once(workdir):
     # A single-process evaluation of the saved weights on the same validation set gives the same numbers.
     model = models.get("resnet_tiny_cifar", num_classes=6)
     model.load_state_dict(load_checkpoint(folder / "ckpt_latest.pth")["net"])
-    loader = dataloaders.get("shapes_val", dataset_params={"num_samples": 300}, dataloader_params={"batch_size": 64})
+    loader = dataloaders.get("shapes_val", dataset_params={"num_samples": samples},
+                             dataloader_params={"batch_size": 64})
     recipe_loss = {"CrossEntropyLoss": {"label_smoothing": 0.05}}  # shapes_resnet_train_params.yaml
     single = Trainer("eval", workdir / "eval", device="cpu").test(model, loader, ["Accuracy"], loss=recipe_loss)
     assert float(last["valid/Accuracy"]) == pytest.approx(single["test/Accuracy"], abs=1e-9)
     assert float(last["valid/CrossEntropyLoss"]) == pytest.approx(single["test/CrossEntropyLoss"], rel=1e-5)
+
+    # Each epoch the two ranks together saw every validation sample exactly once: the counts add up and so do
+    # the pixel sums (a repeated or a missing sample changes the sum).
+    pixel_sum = sum(float(inputs.double().sum()) for inputs, _ in loader)
+    passes = [[line.split() for line in (workdir / f"val_rank{r}.txt").read_text().splitlines()] for r in (0, 1)]
+    assert [[int(p[0]) for p in rank] for rank in passes] == [[0, 1], [0, 1]]
+    for epoch in (0, 1):
+        counts = [int(rank[epoch][1]) for rank in passes]
+        assert sorted(counts) == [150, 151]
+        assert sum(float(rank[epoch][2]) for rank in passes) == pytest.approx(pixel_sum, rel=1e-12)
 
 
 def test_ddp_batch_b_equals_one_process_with_batch_2b(workdir):

@@ -128,16 +128,45 @@ def test_bad_sources_are_refused(jpegs, tmp_path):
         model.predict(42)
 
 
+def _assert_boxes_drawn(saved: np.ndarray, original: np.ndarray, boxes: np.ndarray) -> None:
+    """``saved`` is ``original`` with a solid outline on every box, and unchanged away from the boxes.
+
+    The reference is the undrawn image through the same JPEG encoder (cv2's default quality), so re-encoding
+    alone accounts for ~0 difference: an outline is a line of one colour, far (> 30 levels) from what it covers.
+    """
+    baseline = cv2.imdecode(cv2.imencode(".jpg", original)[1], cv2.IMREAD_COLOR)
+    keep_out = np.zeros(original.shape[:2], dtype=bool)
+    colours = []
+    for x1, y1, x2, y2 in boxes:
+        left, top, right, bottom = round(x1), round(y1), round(x2) - 1, round(y2) - 1  # the outline's pixels
+        # the right and bottom edges (the label sits at the top-left corner), corners left out
+        edge = np.concatenate([saved[top + 4:bottom - 3, right], saved[bottom, left + 4:right - 3]]).astype(float)
+        under = np.concatenate([baseline[top + 4:bottom - 3, right], baseline[bottom, left + 4:right - 3]])
+        assert np.abs(edge - under).mean() > 30, (x1, y1, x2, y2)
+        assert edge.std(axis=0).max() < 15, (x1, y1, x2, y2)
+        colours.append(np.median(edge, axis=0))
+        keep_out[max(top - 30, 0):bottom + 10, max(left - 10, 0):right + 10] = True
+    assert np.abs(saved[~keep_out].astype(float) - baseline[~keep_out]).mean() < 1.0
+    if len(colours) == 2:
+        assert np.abs(colours[0] - colours[1]).max() > 60  # two classes, two colours
+
+
 def test_save_writes_annotated_images(jpegs, tmp_path):
     model = FixedDetector()
     results = model.predict([str(p) for p in jpegs] + [str(jpegs[0])])
     paths = results.save(tmp_path / "out")
     assert len(paths) == 4 and len({p.name for p in paths}) == 4  # the repeated file gets its own name
-    drawn = cv2.imread(str(paths[0]))
-    original = cv2.imread(str(jpegs[0]))
-    assert drawn.shape == original.shape and np.abs(drawn.astype(int) - original).sum() > 0
-    one = model.predict(cv2.imread(str(jpegs[1]))).save(tmp_path / "one")
+    for path, result, source in zip(paths, results, [*jpegs, jpegs[0]], strict=True):
+        drawn, original = cv2.imread(str(path)), cv2.imread(str(source))
+        assert drawn.shape == original.shape and len(result) == 2 and set(result.labels.tolist()) == {0, 2}
+        _assert_boxes_drawn(drawn, original, result.boxes)
+    single = model.predict(cv2.imread(str(jpegs[1])))
+    one = single.save(tmp_path / "one")
     assert one.name == "image_0.jpg" and one.is_file()
+    _assert_boxes_drawn(cv2.imread(str(one)), cv2.imread(str(jpegs[1])), single.boxes)
+    # lossless when asked for: exactly the drawing
+    png = single.save(tmp_path / "one", "drawn.png")
+    assert np.array_equal(cv2.imread(str(png)), single.draw())
 
 
 def test_untrained_yolox_predicts_inside_the_image_and_keeps_its_mode(jpegs):

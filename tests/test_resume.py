@@ -4,6 +4,7 @@ run ends; SIGTERM; failed saves; refusing a changed recipe."""
 from __future__ import annotations
 
 import csv
+import io
 import os
 import random
 import signal
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from super_recipes import Trainer
+from super_recipes.callbacks import Callback
 from super_recipes.engine.checkpoints import load_checkpoint
 from super_recipes.errors import RecipeError
 from tests.conftest import run_cli
@@ -24,7 +26,7 @@ from tests.conftest import run_cli
 # A test instrument, imported by every run so the recipes stay identical: it SIGKILLs or SIGTERMs its own
 # process at the point named by environment variables (a SIGKILL cannot be caught, so this is a real kill).
 KILLER = textwrap.dedent("""
-    import os, signal
+    import os, signal, time
     from super_recipes.callbacks import Callback
     from super_recipes.registry import register_callback
 
@@ -37,6 +39,10 @@ KILLER = textwrap.dedent("""
         order = 1000
         def on_train_batch_end(self, context):
             if context.is_optimizer_step:
+                if os.environ.get("STEP_LOG"):  # which optimizer steps this process took
+                    with open(os.environ["STEP_LOG"], "a") as f:
+                        print(context.global_step, file=f)
+                time.sleep(float(os.environ.get("STEP_SLEEP", 0)))  # slower, never different
                 _maybe("train", context)
         def on_validation_batch_end(self, context):
             _maybe("valid", context)
@@ -53,10 +59,13 @@ EMA_COSINE = ["training_hyperparams.ema=true", "training_hyperparams.lr_mode=cos
               "training_hyperparams.ema_params.decay=0.9"]
 
 
-def _run(workdir: Path, args: list[str], kill: tuple[str, int, str] | None = None) -> subprocess.CompletedProcess:
+def _run(workdir: Path, args: list[str], kill: tuple[str, int, str] | None = None,
+         step_log: Path | None = None) -> subprocess.CompletedProcess:
     env = {"PYTHONPATH": str(workdir)}
     if kill:
         env.update(KILL_EVENT=kill[0], KILL_STEP=str(kill[1]), KILL_SIGNAL=kill[2])
+    if step_log:
+        env.update(STEP_LOG=str(step_log))
     return run_cli(args, cwd=workdir, env=env)
 
 
@@ -120,14 +129,19 @@ def test_sigkill_and_resume_is_bit_exact(workdir, config, kills):
 
 
 def test_sigkill_at_a_random_moment(workdir):
-    """An external kill -9 at a random time (not at a chosen step), then resume: same end."""
+    """An external kill -9 at a random time (not at a chosen step) that lands mid-run, then resume: the resumed
+    process takes only the steps after the checkpoint it found, and ends where an uninterrupted run ends."""
     args = [*BASE, "training_hyperparams.ckpt_every_n_steps=1"]
+    total_steps = 3 * 7
     reference = _run(workdir, [*args, f"ckpt_root_dir={workdir / 'ref'}"])
     assert reference.returncode == 0, reference.stderr
     expected_state, expected_rows = _final_state(workdir / "ref" / "shapes_resnet")
+    assert expected_state["global_step"] == total_steps
 
     root = workdir / "killed"
-    env = {**os.environ, "PYTHONPATH": str(workdir)}
+    # 50 ms per step keeps the ~20 steps after the first checkpoint longer than the longest random delay (0.6 s)
+    # on any machine; the kill is random in time, and certain to land before the run ends.
+    env = {**os.environ, "PYTHONPATH": str(workdir), "STEP_SLEEP": "0.05"}
     command = [sys.executable, "-m", "super_recipes.train_from_recipe", *args, f"ckpt_root_dir={root}"]
     process = subprocess.Popen(command, cwd=workdir, env=env, stderr=subprocess.DEVNULL)
     latest = root / "shapes_resnet" / "ckpt_latest.pth"
@@ -135,10 +149,19 @@ def test_sigkill_at_a_random_moment(workdir):
     while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(random.Random(os.getpid()).uniform(0.0, 0.6))
+    finished_before_the_kill = process.poll() is not None
     process.send_signal(signal.SIGKILL)
     process.wait()
-    resumed = _run(workdir, [*args, f"ckpt_root_dir={root}", "resume=true"])
+    assert not finished_before_the_kill and process.returncode == -signal.SIGKILL
+    at_kill = load_checkpoint(latest)
+    assert 1 <= at_kill["global_step"] < total_steps  # a checkpoint from the middle of the run
+
+    steps = workdir / "resumed_steps.txt"
+    resumed = _run(workdir, [*args, f"ckpt_root_dir={root}", "resume=true"], step_log=steps)
     assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming from" in resumed.stderr
+    taken = [int(line) for line in steps.read_text().split()]
+    assert taken == list(range(at_kill["global_step"] + 1, total_steps + 1))
     state, rows = _final_state(root / "shapes_resnet")
     _assert_identical(state, expected_state)
     assert rows == expected_rows
@@ -198,17 +221,25 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """A save that dies half-way while overwriting a checkpoint leaves the previous file byte for byte."""
     import super_recipes.engine.checkpoints as checkpoints
 
     generator = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(32, 4, generator=generator), torch.randint(0, 2, (32,)))
     loader = torch.utils.data.DataLoader(data, batch_size=8)
-    real_save, saves = torch.save, []
+    folder = tmp_path / "full"
+    real_save, before = torch.save, {}
+
+    class Snapshot(Callback):  # the files epoch 0 left, read before epoch 1 starts
+        def on_train_loader_start(self, context):
+            if context.epoch == 1:
+                before.update({p.name: p.read_bytes() for p in folder.glob("ckpt_*.pth")})
 
     def failing_save(obj, f, *args, **kwargs):
-        saves.append(1)
-        if len(saves) >= 2:  # the second checkpoint: write part of it, then the disk is full
-            f.write(b"\x80\x02partial")
+        if isinstance(obj, dict) and obj.get("epoch") == 1:  # overwriting epoch 0's files: half, then disk full
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
             raise OSError(28, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 
@@ -217,8 +248,10 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(RecipeError, match=expected):
         Trainer("full", tmp_path, device="cpu").train(
             model=torch.nn.Linear(4, 2), training_params={"max_epochs": 3, "silent_mode": True},
-            train_loader=loader, valid_loader=loader)
+            train_loader=loader, valid_loader=loader, callbacks=[Snapshot()])
     monkeypatch.setattr(checkpoints.torch, "save", real_save)
-    state = load_checkpoint(tmp_path / "full" / "ckpt_latest.pth")
-    assert state["epoch"] == 0
-    assert not [p for p in (tmp_path / "full").iterdir() if p.name.endswith(".tmp")]
+    assert set(before) == {"ckpt_latest.pth", "ckpt_best.pth"}  # the failing write was an overwrite
+    for name, content in before.items():
+        assert (folder / name).read_bytes() == content, name
+        assert load_checkpoint(folder / name)["epoch"] == 0
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 
+import numpy as np
 import pytest
 import torch
+import torchmetrics
 
 from super_recipes import Trainer
 from super_recipes.callbacks import EVENTS, Callback
@@ -126,6 +129,65 @@ def test_tuple_loss_items_are_logged_and_watchable(tmp_path, tiny_classification
     assert state["metric_to_watch"] == "ce" and state["acc"] == pytest.approx(record["valid/ce"])
 
 
+class ScriptedScore(torchmetrics.Metric):
+    """A validation metric whose value at the n-th validation is preset, so a test chooses the best epoch."""
+
+    def __init__(self, values: list[float]):
+        super().__init__()
+        self.values, self.calls = list(values), 0
+        self.add_state("seen", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, preds, targets):
+        self.seen += len(targets)
+
+    def compute(self):
+        self.calls += 1
+        return torch.tensor(self.values[self.calls - 1])
+
+
+def _file_identity(path) -> tuple | None:
+    """What changes when a file is written again: inode, modification time and content."""
+    if not path.exists():
+        return None
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_ckpt_best_holds_the_best_epoch_and_is_written_only_then(tmp_path, tiny_classification_loaders):
+    train_loader, valid_loader = tiny_classification_loaders
+    scores = [0.2, 0.7, 0.5, 0.6]  # best at epoch 1; epoch 3 improves on epoch 2 but not on the best
+    seen = []  # ckpt_best.pth as each epoch ends (before that epoch's own files are written), then at the end
+
+    class WatchBest(Callback):
+        def on_epoch_end(self, context):
+            seen.append(_file_identity(context.experiment_dir / "ckpt_best.pth"))
+
+        def on_training_end(self, context):
+            seen.append(_file_identity(context.experiment_dir / "ckpt_best.pth"))
+
+    Trainer("best", tmp_path, device="cpu").train(
+        model=linear_model(),
+        training_params={"max_epochs": 4, "initial_lr": 0.1, "silent_mode": True, "save_ckpt_epoch_list": [1],
+                         "valid_metrics_list": {"ScriptedScore": ScriptedScore(scores)},
+                         "metric_to_watch": "ScriptedScore"},
+        train_loader=train_loader, valid_loader=valid_loader, callbacks=[WatchBest()])
+    folder = tmp_path / "best"
+    rows = list(csv.DictReader((folder / "metrics.csv").open()))
+    assert [float(r["valid/ScriptedScore"]) for r in rows] == pytest.approx(scores)
+
+    best, at_epoch_1 = load_checkpoint(folder / "ckpt_best.pth"), load_checkpoint(folder / "ckpt_epoch_1.pth")
+    latest = load_checkpoint(folder / "ckpt_latest.pth")
+    assert best["epoch"] == 1 and best["acc"] == pytest.approx(0.7)
+    assert best["metrics"]["valid/ScriptedScore"] == pytest.approx(0.7)
+    assert set(best["net"]) == set(at_epoch_1["net"])
+    for name, tensor in best["net"].items():
+        assert torch.equal(tensor, at_epoch_1["net"][name]), name
+    assert latest["epoch"] == 3 and not torch.equal(latest["net"]["weight"], best["net"]["weight"])
+    # written after epochs 0 and 1 only: unchanged from the end of epoch 1 to the end of training
+    assert seen[0] is None and seen[1] is not None and seen[2] != seen[1]
+    assert seen[2] == seen[3] == seen[4]
+
+
 def test_unknown_metric_to_watch_is_refused_before_training(tmp_path, tiny_classification_loaders):
     train_loader, valid_loader = tiny_classification_loaders
     with pytest.raises(RecipeError, match="metric_to_watch 'Acuracy'.*Did you mean: Accuracy"):
@@ -152,6 +214,23 @@ def test_test_api_reports_metrics_and_loss(tmp_path, tiny_classification_loaders
                            loss="CrossEntropyLoss")
     assert set(results) == {"test/Accuracy", "test/Top5", "test/CrossEntropyLoss"}
     assert results["test/Top5"] == 1.0 and results["test/Accuracy"] > 0.9
+
+
+def test_top5_counts_targets_ranked_one_to_five_only(tmp_path):
+    """8 classes, each target rank 1..8 equally often: top-5 is 5/8, top-1 1/8 (any other k gives another value)."""
+    num_classes, n = 8, 64
+    logits = torch.randn(n, num_classes, generator=torch.Generator().manual_seed(0))
+    scores = logits.numpy()
+    wanted_rank = np.arange(n) % num_classes  # 0-based rank of sample i's target
+    targets = np.argsort(-scores, axis=1)[np.arange(n), wanted_rank]
+    ranks = (scores > scores[np.arange(n), targets][:, None]).sum(axis=1) + 1  # 1 = highest score
+    assert sorted(np.bincount(ranks).tolist()) == [0] + [n // num_classes] * num_classes
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(logits, torch.as_tensor(targets)),
+                                         batch_size=10)
+    results = Trainer("top5", tmp_path, device="cpu").test(
+        model=torch.nn.Identity(), test_loader=loader, test_metrics_list=["Accuracy", "Top5"])
+    assert results["test/Top5"] == pytest.approx(np.mean(ranks <= 5)) and np.mean(ranks <= 5) == 5 / 8
+    assert results["test/Accuracy"] == pytest.approx(np.mean(ranks == 1)) and np.mean(ranks == 1) == 1 / 8
 
 
 def test_any_torchmetrics_class_and_mse_loss(tmp_path):

@@ -16,9 +16,15 @@ from super_recipes.models.weights import head_prefix, load_state_dict_into
 from super_recipes.registry import PROCESSING
 
 SIZES = list(YOLOX_SIZES)
-# Published parameter counts at 80 classes (YOLOX paper / model zoo), in millions.
+# Published parameter counts at 80 classes (YOLOX paper / model zoo), in millions, as printed (rounded).
 PUBLISHED_PARAMS = {"yolox_n": 0.91, "yolox_t": 5.06, "yolox_s": 9.0, "yolox_m": 25.3, "yolox_l": 54.2,
                     "yolox_x": 99.1}
+# Exact counts of Megvii's reference implementation (github.com/Megvii-BaseDetection/YOLOX, yolox/models at
+# 6ddff48: YOLOX(YOLOPAFPN(depth, width, depthwise), YOLOXHead(num_classes, width, depthwise)) with each size's
+# depth/width, depthwise for nano), counted with sum(p.numel() for p in model.parameters()).
+REFERENCE_PARAMS = {"yolox_n": 912_159, "yolox_t": 5_055_855, "yolox_s": 8_968_255, "yolox_m": 25_326_495,
+                    "yolox_l": 54_208_895, "yolox_x": 99_071_455}
+WIDTHS = {"yolox_n": 0.25, "yolox_t": 0.375, "yolox_s": 0.5, "yolox_m": 0.75, "yolox_l": 1.0, "yolox_x": 1.25}
 # The large models get one tiny input: their forward passes would dominate this file's runtime.
 INPUTS = {name: (2, 32, 32) if name in ("yolox_l", "yolox_x") else (2, 64, 64) for name in SIZES}
 
@@ -38,12 +44,22 @@ def test_every_size_is_registered() -> None:
     assert set(SIZES) <= set(models.names())
 
 
+def _count(name: str, **kwargs) -> int:
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = models.get(name, **kwargs)
+    return sum(p.numel() for p in model.parameters())
+
+
 @pytest.mark.parametrize("name", SIZES)
 def test_parameter_count_matches_published(name: str) -> None:
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = models.get(name)
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    assert params == pytest.approx(PUBLISHED_PARAMS[name], rel=0.02)
+    params = _count(name)
+    assert params == REFERENCE_PARAMS[name]
+    # The published figure is the count rounded to its last printed digit (deviation <= 0.36%, yolox_s).
+    digits = len(str(PUBLISHED_PARAMS[name]).partition(".")[2])
+    assert round(params / 1e6, digits) == PUBLISHED_PARAMS[name]
+    # Only the classification convolutions (1x1, 256 * width channels in, one per stride) depend on the classes.
+    per_class = 3 * (int(256 * WIDTHS[name]) + 1)
+    assert params - _count(name, num_classes=4) == (80 - 4) * per_class
 
 
 @pytest.mark.parametrize("name", SIZES)
