@@ -25,10 +25,20 @@ from tests.conftest import run_cli
 
 # A test instrument, imported by every run so the recipes stay identical: it SIGKILLs or SIGTERMs its own
 # process at the point named by environment variables (a SIGKILL cannot be caught, so this is a real kill).
+# It also registers an augmentation that draws from python's, numpy's and torch's global RNGs, so exactness covers
+# random augmentations (in worker processes with num_workers=2, in the training process with 0).
 KILLER = textwrap.dedent("""
-    import os, signal, time
+    import os, random, signal, time
+    import numpy as np
+    import torch
     from super_recipes.callbacks import Callback
-    from super_recipes.registry import register_callback
+    from super_recipes.registry import register_callback, register_transform
+
+    @register_transform
+    class RandomNoiseAllRNGs:
+        def __call__(self, image):
+            noise = random.random() + float(np.random.rand()) + float(torch.rand(()))
+            return image * 0.9 + 0.1 * noise / 3
 
     def _maybe(event, context):
         if os.environ.get("KILL_EVENT") == event and int(os.environ["KILL_STEP"]) == context.global_step:
@@ -53,7 +63,9 @@ KILLER = textwrap.dedent("""
 BASE = ["epochs=3", "training_hyperparams.max_train_batches=7", "training_hyperparams.max_valid_batches=2",
         "batch_size=16", "val_batch_size=50", "device=cpu", "imports=[killer]",
         "training_hyperparams.phase_callbacks=[Killer]",
-        "training_hyperparams.ckpt_every_n_steps=2", "training_hyperparams.optimizer_params.momentum=0.9"]
+        "training_hyperparams.ckpt_every_n_steps=2", "training_hyperparams.optimizer_params.momentum=0.9",
+        "dataset_params.train_dataset_params.transforms=[ToFloatTensor,RandomNoiseAllRNGs,RandomHorizontalFlip]",
+        "arch_params.dropout=0.2"]
 EMA_COSINE = ["training_hyperparams.ema=true", "training_hyperparams.lr_mode=cosine",
               "training_hyperparams.lr_warmup_epochs=1", "training_hyperparams.batch_accumulate=2",
               "training_hyperparams.ema_params.decay=0.9"]
