@@ -380,7 +380,7 @@ def test_csv_has_each_epochs_first_rate_and_tensorboard_every_step(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     epochs = 4
-    rec = train(tmp_path, max_epochs=epochs, lr_mode="cosine", lr_warmup_epochs=1)
+    rec = train(tmp_path, max_epochs=epochs, lr_mode="cosine", lr_warmup_epochs=1, log_every_n_steps=1)
     check_rates(rec, epochs, lambda lr0, e, s: lr0 / 2 if e < 1 else cosine(lr0, (s - S) / ((epochs - 1) * S)))
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").read_text().splitlines()))
     assert [float(r["lr"]) for r in rows] == [rec.steps[e * S][2][0] for e in range(epochs)]

@@ -106,9 +106,8 @@ class EpochSummary(Callback):
 class TensorBoardLogger(Callback):
     """TensorBoard scalars: every loss item, metric and LR per epoch, the loss and LRs every N steps.
 
-    Per-step scalars are buffered as plain floats and written at epoch end (writing a scalar costs tens of
-    microseconds, more than the whole loop may add per step); the loss is read from the device only on the
-    logged steps.
+    Per-step scalars are buffered and written at epoch end (writing a scalar costs tens of microseconds, more
+    than the whole loop may add per step); the loss is read from the device only then, not at the logged step.
     """
 
     order = 210
@@ -129,10 +128,11 @@ class TensorBoardLogger(Callback):
 
     def on_train_batch_gradient_step_end(self, context: PhaseContext) -> None:
         step = context.global_step
+        if step % self.log_every_n_steps:
+            return
         for group in context.optimizer.param_groups:
             self._pending.append((group.get("name", ""), group["lr"], step))
-        if step % self.log_every_n_steps == 0:
-            self._pending.append(("__loss__", context.loss.detach(), step))
+        self._pending.append(("__loss__", context.loss.detach(), step))
 
     def on_epoch_end(self, context: PhaseContext) -> None:
         multi_group = len(context.optimizer.param_groups) > 1

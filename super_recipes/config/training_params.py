@@ -192,7 +192,7 @@ class TrainingParams:
                                          "`average_model.pth` (validated at the end)")
     average_best_models_k: int = k(10, "k for `average_best_models`", ge=1)
     silent_mode: bool = k(False, "no progress bar or console lines (the log file is still written)")
-    log_every_n_steps: int = k(10, "TensorBoard: training loss every N optimizer steps (the LR is logged every "
+    log_every_n_steps: int = k(10, "TensorBoard: the training loss and the LRs every N optimizer steps (1: every "
                                    "step)", ge=1)
     save_full_train_log: bool = k(False, "also write `full_train_log.log`: every logger and warning of the "
                                          "process, and the traceback of an error that ends the run")
