@@ -24,7 +24,6 @@ from super_recipes.paths import recipes_dir
 
 RECIPE_FILE_NAME = "recipe.yaml"
 _USER_ARGS: list[str] = []  # the command line as typed, for the resume hint after an interruption
-_PREFETCH: list[Any] = []  # the thread importing torch while the recipe is composed
 
 # Flags with a value, and flags without one.
 VALUE_FLAGS = {"--config-name": "config_name", "-cn": "config_name", "--config-dir": "config_dir",
@@ -276,8 +275,6 @@ def signal_name(signum: int) -> str:
 
 
 def _exit_with(err: RecipeError) -> None:
-    for thread in _PREFETCH:
-        thread.join()  # an interpreter cannot shut down in the middle of importing torch
     if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("SUPER_RECIPES_DEBUG") == "1":
         raise err
     text = str(err)
@@ -310,21 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             cfg, source = compose_recipe(line.config_name, line.overrides, line.config_dir)
             run_recipe(cfg, source)
 
-        _prefetch_torch()
         _run_reporting_errors(compose_and_run)
-
-
-def _prefetch_torch() -> None:
-    """Import torch (and torch._dynamo, which the first optimizer imports) in a thread while the main thread
-    composes and checks the recipe: the two take about as long, and overlapping them brings the first step
-    forward by most of the composition time. The main thread's own ``import torch`` waits for this one."""
-    import threading
-
-    def load() -> None:
-        import torch._dynamo  # noqa: F401
-
-    _PREFETCH.append(threading.Thread(target=load, name="prefetch-torch"))
-    _PREFETCH[-1].start()
 
 
 def _check_training_override_keys(overrides: Sequence[str]) -> None:
