@@ -1,9 +1,11 @@
 """Command line: ``python -m super_recipes.predict --checkpoint PATH --source PATH [--output DIR]``.
 
 Rebuilds the model of a trained experiment from its checkpoint (recipe, EMA weights when present, the
-validation preprocessing and class names), detects objects in an image, a folder of images or several paths,
-prints one line per image (file, number of detections, most frequent classes) and writes the annotated images
-to ``--output``.
+validation preprocessing and class names) and runs it on an image, a folder of images or several paths. A
+detection model prints one line per image (file, number of detections, most frequent classes) and writes the
+annotated images to ``--output``; a segmentation model (see
+:func:`super_recipes.segmentation.predict.is_segmentation_recipe`) prints the classes present with their share
+of the pixels and writes the mask overlays there as PNG (``--masks``: the class-index masks too).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--no-ema", action="store_true", help="use the trained weights instead of their EMA")
+    parser.add_argument("--alpha", type=float, default=0.5, help="segmentation: overlay opacity (default 0.5)")
+    parser.add_argument("--masks", action="store_true",
+                        help="segmentation: also write each class-index mask as <name>_mask.png")
     return parser
 
 
@@ -40,6 +45,13 @@ def describe(prediction: object, top: int = 3) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (1 with a one-line message on a user error)."""
     args = _parser().parse_args(argv)
+    try:
+        checkpoint = _segmentation_checkpoint(args.checkpoint)
+    except (RecipeError, FileNotFoundError, ValueError, TypeError) as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 1
+    if checkpoint is not None:
+        return _main_segmentation(args, checkpoint)
     from super_recipes.detection.predict import ImagesDetectionPrediction, load_model_for_prediction
 
     try:
@@ -63,6 +75,52 @@ def _predict(model: object, source: object, args: argparse.Namespace) -> object:
     from super_recipes.detection.predict import predict
 
     return predict(model, source, conf=args.conf, iou=args.iou, batch_size=args.batch_size)  # type: ignore
+
+
+def _segmentation_checkpoint(path: str) -> dict | None:
+    """The loaded checkpoint when its recipe trains a segmentation model, else None (detection reads it)."""
+    import torch
+
+    from super_recipes.engine.checkpoints import load_checkpoint
+    from super_recipes.segmentation.predict import checkpoint_recipe, is_segmentation_recipe
+
+    try:
+        # Memory-mapped: a detection checkpoint is read again by its own loader, so this look costs no copy.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint, missing, corrupt...: load_checkpoint says which, in its words
+        state = load_checkpoint(path)
+    if not isinstance(state, dict):
+        state = load_checkpoint(path)
+    if not state.get("recipe"):
+        return None  # the detection path reports the missing recipe as it always has
+    return state if is_segmentation_recipe(checkpoint_recipe(state, path)) else None
+
+
+def describe_segmentation(prediction: object, top: int = 5) -> str:
+    """``file: road 41.2%, car 12.0%, ... (+N more)`` for one :class:`SegmentationPrediction`."""
+    fractions = list(prediction.class_fractions().items())  # type: ignore[attr-defined]
+    shown = ", ".join(f"{name} {100 * share:.1f}%" for name, share in fractions[:top])
+    more = f" (+{len(fractions) - top} more)" if len(fractions) > top else ""
+    label = prediction.source or prediction.name  # type: ignore[attr-defined]
+    return f"{label}: {shown}{more}"
+
+
+def _main_segmentation(args: argparse.Namespace, checkpoint: dict) -> int:
+    from super_recipes.segmentation.predict import ImagesSegmentationPrediction, load_model_for_prediction, predict
+
+    try:
+        model = load_model_for_prediction(checkpoint, device=args.device, use_ema=not args.no_ema)
+        source = args.source[0] if len(args.source) == 1 else list(args.source)
+        result = predict(model, source, batch_size=args.batch_size)
+    except (RecipeError, FileNotFoundError, ValueError, TypeError) as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 1
+    predictions = result if isinstance(result, ImagesSegmentationPrediction) else ImagesSegmentationPrediction([result])
+    for prediction in predictions:
+        print(describe_segmentation(prediction))
+    paths = predictions.save(args.output, alpha=args.alpha, save_mask=args.masks)
+    print(f"{len(paths)} mask overlay(s) written to {args.output}")
+    return 0
 
 
 if __name__ == "__main__":

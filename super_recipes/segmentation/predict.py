@@ -1,1 +1,477 @@
-"""(being written)"""
+"""Inference on images: ``model.predict(source)`` / :func:`predict` and :func:`load_model_for_prediction`.
+
+The model sees what validation fed it: the image resized as the validation ``SegRescale`` did (bilinear,
+antialiased, to the same output size), scaled to [0, 1] and normalised as ``SegNormalize`` did, in RGB order
+(the datasets' order). Its logits are resized (bilinear) back to the image as given, and each pixel gets the
+class of its largest logit, or, for a binary model (one output channel), 1 where ``sigmoid(logit) >
+threshold``. So ``mask`` always has the original height and width.
+
+Colour order of the inputs follows :mod:`super_recipes.detection.predict`: files are read with ``cv2`` and
+kept BGR; numpy arrays (HWC, NHWC) and tensors (CHW, BCHW, 0..255 or [0, 1]) are BGR unless
+``channels="RGB"`` is passed; PIL images are RGB. ``prediction.image`` is the image as given.
+
+The preprocessing comes from ``model.processing_params`` (``model.set_dataset_processing_params(...)``): keys
+``class_names``, one of ``scale_factor`` / ``short_size`` / ``long_size`` / ``size`` (as ``SegRescale``), and
+``mean`` / ``std`` (as ``SegNormalize``; None: no normalisation). :func:`load_model_for_prediction` fills them
+in from the validation dataset of the recipe stored in the checkpoint. Without any, a model with an
+``eval_size`` (the published models) is fed its long side at ``max(eval_size)`` pixels, others the image at its
+size, with the ImageNet normalisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from super_recipes.errors import RecipeError
+from super_recipes.segmentation.visualization import (
+    BINARY_PALETTE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    overlay_mask,
+    segmentation_palette,
+)
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+RESCALE_MODES = ("scale_factor", "short_size", "long_size", "size")
+# Transforms of a validation list that change nothing predict must replay (or cannot apply to a lone image).
+_NOT_REPLAYED = {"SegToTensor", "SegPadToSize", "SegRandomCrop", "SegRandomFlip", "SegRandomRescale", "SegColorJitter"}
+
+
+@dataclass
+class SegmentationPrediction:
+    """The class mask of one image: ``mask`` int64 ``[H, W]`` at the image's own size, values indexing
+    ``class_names`` (a binary model gives 0 background / 1 foreground)."""
+
+    image: np.ndarray  # HWC uint8, as given (BGR, unless `channels` says RGB)
+    mask: np.ndarray
+    class_names: list[str] | None = None
+    source: str | None = None  # the file it was read from, when there was one
+    name: str = "image"
+    num_classes: int = 0  # the model's output channels (1: binary)
+    channels: str = "BGR"
+
+    @property
+    def binary(self) -> bool:
+        return self.num_classes == 1
+
+    def label_names(self) -> list[str]:
+        """Name of every class index the mask can hold (the index as text when there are no names)."""
+        count = max(2 if self.binary else self.num_classes, int(self.mask.max(initial=0)) + 1)
+        names = list(self.class_names or [])
+        if self.binary and len(names) == 1:
+            names = ["background", *names]  # the one name of a binary model is its foreground's
+        return [names[i] if i < len(names) else str(i) for i in range(count)]
+
+    def class_fractions(self) -> dict[str, float]:
+        """``{class name: fraction of the pixels}`` for the classes present, largest first."""
+        values, counts = np.unique(self.mask, return_counts=True)
+        names = self.label_names()
+        order = np.argsort(-counts, kind="stable")
+        return {names[int(values[i])]: float(counts[i]) / self.mask.size for i in order}
+
+    def draw(self, alpha: float = 0.5, palette: Any = None) -> np.ndarray:
+        """A copy of the image, in its channel order, with each class blended in its colour at ``alpha``
+        (:func:`~super_recipes.segmentation.visualization.segmentation_palette`); a binary background is not
+        drawn."""
+        bgr = self.image[:, :, ::-1] if self.channels == "RGB" else self.image
+        colors = segmentation_palette(len(self.label_names()),
+                                      BINARY_PALETTE if self.binary and palette is None else palette)
+        drawn = overlay_mask(np.ascontiguousarray(bgr), self.mask, colors, alpha, ignore_index=None,
+                             skip_classes=(0,) if self.binary else ())
+        return np.ascontiguousarray(drawn[:, :, ::-1]) if self.channels == "RGB" else drawn
+
+    def save(self, folder: str | Path, file_name: str | None = None, alpha: float = 0.5,
+             save_mask: bool = False) -> Path:
+        """Write the overlay to ``folder/<name>.png`` (or ``file_name``; PNG keeps the colours exact) and, with
+        ``save_mask``, the class indices as ``<stem>_mask.png`` (uint8; 16-bit past 255 classes); returns the
+        overlay's path."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / (file_name or f"{self.name}.png")
+        drawing = self.draw(alpha)
+        if not cv2.imwrite(str(path), drawing[:, :, ::-1] if self.channels == "RGB" else drawing):
+            raise OSError(f"Could not write {path}")
+        if save_mask:
+            dtype = np.uint8 if self.mask.max(initial=0) <= 255 else np.uint16
+            mask_path = path.with_name(f"{path.stem}_mask.png")
+            if not cv2.imwrite(str(mask_path), self.mask.astype(dtype)):
+                raise OSError(f"Could not write {mask_path}")
+        return path
+
+
+@dataclass
+class ImagesSegmentationPrediction:
+    """Masks of several images, in the order of the source; iterable and indexable."""
+
+    predictions: list[SegmentationPrediction] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+    def __iter__(self) -> Iterator[SegmentationPrediction]:
+        return iter(self.predictions)
+
+    def __getitem__(self, index: int) -> SegmentationPrediction:
+        return self.predictions[index]
+
+    def save(self, folder: str | Path, alpha: float = 0.5, save_mask: bool = False) -> list[Path]:
+        """Write every overlay to ``folder`` (one ``<name>.png`` each, names made unique); returns the paths."""
+        seen: dict[str, int] = {}
+        paths = []
+        for prediction in self.predictions:
+            count = seen.get(prediction.name, 0)
+            seen[prediction.name] = count + 1
+            suffix = f"_{count}" if count else ""
+            paths.append(prediction.save(folder, f"{prediction.name}{suffix}.png", alpha, save_mask))
+        return paths
+
+
+# --------------------------------------------------------------------------------------------------- sources
+def image_files(folder: str | Path) -> list[Path]:
+    """The images directly inside ``folder``, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        if not path.exists():
+            raise FileNotFoundError(f"Image {path} does not exist.")
+        raise ValueError(f"Image {path} cannot be decoded (corrupt or not an image).")
+    return image
+
+
+def _as_hwc3(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"An image array must be HW, HWC (1, 3 or 4 channels) or NHWC, got shape {image.shape}.")
+    image = image[:, :, :3] if image.shape[2] == 4 else image  # alpha is not part of the picture
+    if image.shape[2] == 1:
+        image = image.repeat(3, axis=2)
+    if image.dtype != np.uint8:
+        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+def _tensor_images(tensor: torch.Tensor) -> list[np.ndarray]:
+    # CHW or BCHW, 0..255 (uint8 or float); float tensors within [0, 1] are scaled, as in detection.
+    array = tensor.detach().to("cpu")
+    array = array[None] if array.ndim == 3 else array
+    if array.ndim != 4:
+        raise ValueError(f"A tensor source must be CHW or BCHW, got shape {tuple(tensor.shape)}.")
+    values = array.to(torch.float32)
+    if values.numel() and tensor.dtype != torch.uint8 and float(values.max()) <= 1.0:
+        values = values * 255.0
+    images = values.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [_as_hwc3(image) for image in images]
+
+
+Item = tuple[np.ndarray, str | None, str, str]  # image as given, its file, its name, its channel order
+
+
+def _collect(source: Any, channels: str) -> tuple[list[Item], bool]:
+    """The images of ``source`` and whether it was a single image."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            files = image_files(path)
+            if not files:
+                raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            return [(_read(f), str(f), f.stem, "BGR") for f in files], False
+        return [(_read(path), str(path), path.stem, "BGR")], True
+    if isinstance(source, np.ndarray):
+        if source.ndim == 4:
+            return [(_as_hwc3(image), None, f"image_{i}", channels) for i, image in enumerate(source)], False
+        return [(_as_hwc3(source), None, "image_0", channels)], True
+    if isinstance(source, torch.Tensor):
+        images = _tensor_images(source)
+        return [(image, None, f"image_{i}", channels) for i, image in enumerate(images)], source.ndim == 3
+    if type(source).__module__.startswith("PIL."):
+        return [(_as_hwc3(np.asarray(source.convert("RGB"))), None, "image_0", "RGB")], True
+    if isinstance(source, Sequence):
+        items: list[Item] = []
+        for i, element in enumerate(source):
+            for image, path, name, order in _collect(element, channels)[0]:
+                items.append((image, path, name if path else f"image_{i}", order))
+        return items, False
+    raise TypeError(f"Cannot predict on a {type(source).__name__}: give an image path, a folder, a list of paths, "
+                    "a numpy array (HWC, BGR unless channels='RGB'), a PIL image or a tensor (CHW/BCHW).")
+
+
+# ------------------------------------------------------------------------------------------- preprocessing
+def processing_params(model: torch.nn.Module) -> dict[str, Any]:
+    """The preprocessing ``predict`` applies for ``model``: its ``processing_params`` over the defaults."""
+    given = dict(getattr(model, "processing_params", None) or {})
+    params: dict[str, Any] = {"class_names": getattr(model, "class_names", None), "mean": IMAGENET_MEAN,
+                              "std": IMAGENET_STD, **{mode: None for mode in RESCALE_MODES}}
+    if not any(given.get(mode) is not None for mode in RESCALE_MODES):
+        eval_size = getattr(model, "eval_size", None)
+        if eval_size:  # a published model: fed at its evaluation resolution
+            params["long_size"] = int(max(eval_size))
+    params.update(given)
+    modes = [mode for mode in RESCALE_MODES if params.get(mode) is not None]
+    if len(modes) > 1:
+        raise RecipeError(f"processing_params set several rescales ({', '.join(modes)}); keep one of "
+                          f"{', '.join(RESCALE_MODES)}.")
+    if params.get("class_names") is not None:
+        params["class_names"] = [str(name) for name in params["class_names"]]
+    return params
+
+
+def _rescaler(params: Mapping[str, Any]) -> Any:
+    from super_recipes.segmentation.transforms import SegRescale
+
+    # The same class validation used: the output size is computed (and rounded) exactly as it was.
+    mode = next((m for m in RESCALE_MODES if params.get(m) is not None), None)
+    return SegRescale(**{mode: params[mode]}) if mode else None
+
+
+def preprocess(image: np.ndarray, channels: str, params: Mapping[str, Any], rescaler: Any = None) -> torch.Tensor:
+    """``[3, h, w]`` float32 model input for one HWC uint8 image (``channels``: its order, BGR or RGB)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    rgb = image[:, :, ::-1] if channels == "BGR" else image
+    # A copy when needed: torch must not share a caller's read-only array (a PIL image's, a memory map...).
+    rgb = np.ascontiguousarray(rgb) if rgb.flags.writeable else rgb.copy()
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1)
+    if rescaler is not None:
+        size = list(rescaler.output_size(*tensor.shape[-2:]))
+        if size != list(tensor.shape[-2:]):
+            # What SegRescale does to the uint8 image: bilinear with antialiasing.
+            tensor = TF.resize(tensor, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    tensor = tensor.to(torch.float32) / 255.0
+    if params.get("mean") is not None or params.get("std") is not None:
+        mean = torch.as_tensor(params.get("mean") or (0.0, 0.0, 0.0), dtype=torch.float32).reshape(-1, 1, 1)
+        std = torch.as_tensor(params.get("std") or (1.0, 1.0, 1.0), dtype=torch.float32).reshape(-1, 1, 1)
+        tensor = (tensor - mean) / std
+    return tensor
+
+
+def _main_logits(output: Any) -> torch.Tensor:
+    while isinstance(output, (list, tuple)):  # a model left in training mode returns (main, aux...)
+        output = output[0]
+    if not isinstance(output, torch.Tensor) or output.ndim != 4:
+        raise RecipeError("A segmentation model must return logits [B, C, H, W], got "
+                          f"{type(output).__name__}{tuple(getattr(output, 'shape', ()))}.")
+    return output
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, source: Any, batch_size: int = 8, device: str | torch.device | None = None,
+            channels: str = "BGR", threshold: float = 0.5) -> SegmentationPrediction | ImagesSegmentationPrediction:
+    """Segment ``source`` with ``model`` (see :meth:`SegmentationPredictMixin.predict`)."""
+    channels = channels.upper()
+    if channels not in ("BGR", "RGB"):
+        raise ValueError(f"channels must be 'BGR' or 'RGB', got {channels!r}.")
+    items, single = _collect(source, channels)
+    params = processing_params(model)
+    rescaler = _rescaler(params)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        start = 0
+        while start < len(items):
+            inputs = [preprocess(items[start][0], items[start][3], params, rescaler)]
+            # One forward pass takes images of one input size: a run of equal sizes, at most batch_size long.
+            while start + len(inputs) < len(items) and len(inputs) < batch_size:
+                candidate = preprocess(items[start + len(inputs)][0], items[start + len(inputs)][3], params, rescaler)
+                if candidate.shape != inputs[0].shape:
+                    break
+                inputs.append(candidate)
+            logits = _main_logits(model(torch.stack(inputs).to(device))).float()
+            for offset in range(len(inputs)):
+                image, path, name, order = items[start + offset]
+                mask = _to_mask(logits[offset:offset + 1], image.shape[:2], threshold)
+                results.append(SegmentationPrediction(image=image, mask=mask, class_names=params["class_names"],
+                                                      source=path, name=name, num_classes=logits.shape[1],
+                                                      channels=order))
+            start += len(inputs)
+    finally:
+        model.train(was_training)
+    return results[0] if single else ImagesSegmentationPrediction(results)
+
+
+def _to_mask(logits: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
+    """``[1, C, h, w]`` logits -> int64 ``[H, W]`` classes at the original ``size``."""
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    if logits.shape[1] == 1:
+        mask = torch.sigmoid(logits[0, 0]) > threshold
+    else:
+        mask = logits[0].argmax(dim=0)
+    return mask.to("cpu", torch.int64).numpy()
+
+
+class SegmentationPredictMixin:
+    """Gives a segmentation model ``predict()``: the model class inherits it (``class DDRNet(
+    SegmentationPredictMixin, nn.Module)``) and keeps its preprocessing in ``self.processing_params``."""
+
+    def set_dataset_processing_params(self, **params: Any) -> None:
+        """Remember how the dataset prepared inputs: ``class_names``, one of ``scale_factor`` / ``short_size``
+        / ``long_size`` / ``size``, ``mean`` / ``std`` (see the module docstring); later calls update it."""
+        current = dict(getattr(self, "processing_params", None) or {})
+        current.update(params)
+        self.processing_params = current
+        if "class_names" in params:
+            self.class_names = list(params["class_names"]) if params["class_names"] is not None else None
+
+    def predict(self, source: Any, batch_size: int = 8, device: str | torch.device | None = None,
+                channels: str = "BGR", threshold: float = 0.5
+                ) -> SegmentationPrediction | ImagesSegmentationPrediction:
+        """Segment ``source``: an image path, a folder of images, a list of those or of arrays, a numpy array
+        (HWC, or NHWC for several; BGR as ``cv2.imread`` gives, or RGB with ``channels="RGB"``), a PIL image, or
+        a tensor (CHW or BCHW, 0..255 or [0, 1]; BGR unless ``channels="RGB"``). Returns a
+        :class:`SegmentationPrediction` for one image, else an :class:`ImagesSegmentationPrediction`; masks
+        have each image's own size. ``threshold`` applies to binary models (``sigmoid(logit) > threshold``)."""
+        return predict(self, source, batch_size=batch_size, device=device,  # type: ignore[arg-type]
+                       channels=channels, threshold=threshold)
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def load_model_for_prediction(checkpoint: str | Path | Mapping[str, Any], device: str | torch.device = "cpu",
+                              use_ema: bool = True) -> torch.nn.Module:
+    """Rebuild the segmentation model a super_recipes checkpoint was trained as (its recipe's ``architecture``
+    and ``arch_params``, after the recipe's ``imports``), load its weights (the EMA weights when present and
+    ``use_ema``), set its preprocessing and class names from the recipe's validation dataset
+    (:func:`processing_params_from_recipe`) and return it in eval mode on ``device``.
+
+    ``checkpoint``: the file, or its already loaded dict (``super_recipes.engine.checkpoints.load_checkpoint``).
+    """
+    from super_recipes import models
+    from super_recipes.engine.checkpoints import load_checkpoint
+
+    where = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "the checkpoint"
+    state = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+    recipe = checkpoint_recipe(state, where)
+    model = models.get(recipe["architecture"], arch_params=recipe.get("arch_params") or {})
+    weights = state["ema_net"] if use_ema and state.get("ema_net") else state.get("net")
+    if not weights:
+        raise RecipeError(f"Checkpoint {where} holds no weights ('net').")
+    # DDP and torch.compile wrappers prefix the names; the bare model has neither.
+    weights = {re.sub(r"^((module|_orig_mod)\.)+", "", key): value for key, value in weights.items()}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise RecipeError(f"Checkpoint {where} does not fit its recipe's model '{recipe['architecture']}': "
+                          f"{str(err).splitlines()[0]}") from None
+    params = processing_params_from_recipe(recipe)
+    if hasattr(model, "set_dataset_processing_params"):
+        model.set_dataset_processing_params(**params)
+    else:
+        model.processing_params = params
+    return model.to(device).eval()
+
+
+def checkpoint_recipe(state: Mapping[str, Any], where: str = "the checkpoint") -> dict[str, Any]:
+    """The resolved recipe a checkpoint carries, as plain containers, with its ``imports`` imported (they may
+    register the model); a RecipeError naming ``where`` when it has none."""
+    from omegaconf import OmegaConf
+
+    from super_recipes.config.compose import import_user_modules
+
+    if not state.get("recipe"):
+        raise RecipeError(f"Checkpoint {where} carries no recipe: rebuild the model with models.get(...) and load "
+                          "the weights with checkpoint_path=.")
+    recipe = OmegaConf.to_container(OmegaConf.create(state["recipe"]), resolve=True)
+    if not isinstance(recipe, dict) or not recipe.get("architecture"):
+        raise RecipeError(f"The recipe in checkpoint {where} names no architecture.")
+    import_user_modules(recipe)
+    return recipe
+
+
+def is_segmentation_recipe(recipe: Mapping[str, Any]) -> bool:
+    """Whether a recipe trains a segmentation model: its architecture is registered by
+    :mod:`super_recipes.segmentation` or is a class with :class:`SegmentationPredictMixin`, or its validation
+    transforms are segmentation transforms (``Seg*``)."""
+    from super_recipes.registry import MODELS
+
+    try:
+        factory = MODELS.get(str(recipe.get("architecture")))
+    except RecipeError:
+        factory = None
+    if factory is not None:
+        if str(getattr(factory, "__module__", "")).startswith("super_recipes.segmentation."):
+            return True
+        if isinstance(factory, type) and issubclass(factory, SegmentationPredictMixin):
+            return True
+    return any(name.startswith("Seg") for name, _ in _transform_specs(_val_dataset_params(recipe)))
+
+
+def processing_params_from_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """``class_names``, the rescale (``scale_factor`` / ``short_size`` / ``long_size`` / ``size``) and
+    ``mean`` / ``std`` of the recipe's validation dataset (``dataset_params.val_dataset_params``: what the model
+    was validated on). No ``SegRescale`` there means full resolution (``scale_factor: 1.0``); no
+    ``SegNormalize``, pixels in [0, 1] (``mean``/``std`` None)."""
+    data = _val_dataset_params(recipe)
+    params: dict[str, Any] = {mode: None for mode in RESCALE_MODES}
+    params.update({"mean": None, "std": None, "class_names": _class_names(data)})
+    rescaled = False
+    for name, kwargs in _transform_specs(data):
+        if name == "SegRescale":
+            params.update({mode: None for mode in RESCALE_MODES})
+            params.update({k: v for k, v in kwargs.items() if k in RESCALE_MODES})
+            rescaled = True
+        elif name == "SegNormalize":
+            params["mean"] = list(kwargs.get("mean", IMAGENET_MEAN))
+            params["std"] = list(kwargs.get("std", IMAGENET_STD))
+        elif name not in _NOT_REPLAYED:
+            logger.warning("Validation transform %s is not replayed by predict (it knows SegRescale and "
+                           "SegNormalize).", name)
+    if not rescaled:
+        params["scale_factor"] = 1.0
+    return params
+
+
+def _val_dataset_params(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    return dict((recipe.get("dataset_params") or {}).get("val_dataset_params") or {})
+
+
+def _transform_specs(data: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(short class name, kwargs)`` of each transform spec (a name, ``{Name: {kwargs}}`` or ``_target_``)."""
+    specs = data.get("transforms") or []
+    out = []
+    for spec in specs if isinstance(specs, list) else [specs]:
+        if isinstance(spec, str):
+            name, kwargs = spec, {}
+        elif isinstance(spec, Mapping) and "_target_" in spec:
+            name, kwargs = str(spec["_target_"]), {k: v for k, v in spec.items() if k != "_target_"}
+        elif isinstance(spec, Mapping) and len(spec) == 1:
+            name, kwargs = next(iter(spec.items()))
+        else:
+            continue
+        out.append((str(name).rsplit(".", 1)[-1], dict(kwargs or {})))
+    return out
+
+
+def _class_names(data: Mapping[str, Any]) -> list[str] | None:
+    # The checkpoint keeps only the recipe: read the names where the dataset would, without building it.
+    if data.get("class_names"):
+        return [str(name) for name in data["class_names"]]
+    if data.get("binary"):
+        return ["background", "foreground"]
+    if data.get("dataset"):
+        from super_recipes.registry import DATASETS
+
+        try:
+            names = getattr(DATASETS.get(str(data["dataset"])), "class_names", None)
+        except RecipeError:
+            names = None
+        if isinstance(names, (list, tuple)) and names:
+            return [str(name) for name in names]
+    logger.warning("No class names found in the checkpoint's recipe; classes are named by index.")
+    return None
