@@ -3,9 +3,9 @@
 Rebuilds the model of a trained experiment from its checkpoint (recipe, EMA weights when present, the
 validation preprocessing and class names) and runs it on an image, a folder of images or several paths. A
 detection model prints one line per image (file, number of detections, most frequent classes) and writes the
-annotated images to ``--output``; a segmentation model (see
-:func:`super_recipes.segmentation.predict.is_segmentation_recipe`) prints the classes present with their share
-of the pixels and writes the mask overlays there as PNG (``--masks``: the class-index masks too).
+annotated images to ``--output``; a segmentation model (see :func:`is_segmentation_recipe`) prints the classes
+present with their share of the pixels and writes the mask overlays there as PNG (``--masks``: the class-index
+masks too). ``--conf`` and ``--iou`` apply to detection only, ``--alpha`` and ``--masks`` to segmentation.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _segmentation_checkpoint(path: str) -> dict | None:
     import torch
 
     from super_recipes.engine.checkpoints import load_checkpoint
-    from super_recipes.segmentation.predict import checkpoint_recipe, is_segmentation_recipe
+    from super_recipes.segmentation.predict import checkpoint_recipe
 
     try:
         # Memory-mapped: a detection checkpoint is read again by its own loader, so this look costs no copy.
@@ -94,6 +94,24 @@ def _segmentation_checkpoint(path: str) -> dict | None:
     if not state.get("recipe"):
         return None  # the detection path reports the missing recipe as it always has
     return state if is_segmentation_recipe(checkpoint_recipe(state, path)) else None
+
+
+def is_segmentation_recipe(recipe: dict) -> bool:
+    """Whether a recipe trains a segmentation model: its architecture is registered by
+    :mod:`super_recipes.segmentation` or is a class with ``SegmentationPredictMixin``, or its validation
+    transforms are segmentation transforms (``Seg*``)."""
+    from super_recipes.registry import MODELS
+    from super_recipes.segmentation.predict import SegmentationPredictMixin, validation_transforms
+
+    try:
+        factory = MODELS.get(str(recipe.get("architecture")))
+    except RecipeError:
+        factory = None  # the detection path reports the unknown name
+    if str(getattr(factory, "__module__", "")).startswith("super_recipes.segmentation."):
+        return True
+    if isinstance(factory, type) and issubclass(factory, SegmentationPredictMixin):
+        return True
+    return any(name.startswith("Seg") for name, _ in validation_transforms(recipe))
 
 
 def describe_segmentation(prediction: object, top: int = 5) -> str:

@@ -303,3 +303,44 @@ def test_cli_on_a_segmentation_checkpoint(tmp_path, capsys):
     assert "2 mask overlay(s) written" in printed[-1]
     assert main(["--checkpoint", str(path), "--source", str(tmp_path / "nothing.png")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_tells_segmentation_from_detection_recipes():
+    from super_recipes.predict import is_segmentation_recipe
+
+    assert is_segmentation_recipe({"architecture": "stdc1_seg50"})  # registered by super_recipes.segmentation
+    assert is_segmentation_recipe({"architecture": "tiny_seg_standin"})  # a class with the mixin
+    assert is_segmentation_recipe(_recipe(["SegToTensor"]) | {"architecture": "torch.nn.Identity"})
+    assert not is_segmentation_recipe({"architecture": "yolox_n", "dataset_params": {"val_dataset_params": {
+        "transforms": [{"DetectionPaddedRescale": {"input_dim": [160, 160]}}, "DetectionStandardize"]}}})
+
+
+def test_real_model_and_validation_dataset_through_a_checkpoint(tmp_path):
+    """A published architecture and the shipped shapes validation set: predict feeds the model exactly the
+    dataset's validation item for the same picture, and the mask is that item's logits resized back."""
+    from super_recipes import models
+    from super_recipes.segmentation.synthetic import ShapesSegmentationDataset
+
+    group = OmegaConf.load(Path(__file__).resolve().parents[1] / "recipes/dataset_params/"
+                           "shapes_segmentation_dataset_params.yaml")
+    val = OmegaConf.to_container(group.val_dataset_params)
+    val["transforms"] = [{"SegRescale": {"scale_factor": 0.75}}, *val["transforms"]]  # and a rescale to undo
+    recipe = {"architecture": "stdc1_seg50", "arch_params": {"num_classes": 4},
+              "dataset_params": {"val_dataset_params": val}}
+    torch.manual_seed(0)
+    trained = models.get("stdc1_seg50", num_classes=4)
+    path = tmp_path / "ckpt.pth"
+    torch.save({"net": trained.state_dict(), "recipe": OmegaConf.to_yaml(OmegaConf.create(recipe))}, path)
+    model = load_model_for_prediction(path)
+    assert model.class_names == ["background", "circle", "square", "triangle"] and not model.training
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    dataset = ShapesSegmentationDataset(**{k: v for k, v in val.items() if k != "dataset"})
+    picture, _ = dataset.load_sample(3)  # RGB, as the dataset reads it
+    result = predict(model, picture, channels="RGB")
+    expected_input = dataset[3][0]
+    assert expected_input.shape == (3, 48, 48)
+    torch.testing.assert_close(seen[0][0], expected_input, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        logits = F.interpolate(model(expected_input[None]), size=(64, 64), mode="bilinear", align_corners=False)
+    assert result.mask.shape == (64, 64) and np.array_equal(result.mask, logits[0].argmax(0).numpy())

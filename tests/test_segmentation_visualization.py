@@ -212,3 +212,22 @@ def test_a_training_run_draws_every_freq_epochs(tmp_path):
     decoded = cv2.imdecode(np.frombuffer(images["segmentation/batch_1"][1].encoded_image_string, np.uint8),
                            cv2.IMREAD_COLOR)
     assert np.array_equal(decoded, last) and last.shape[0] == 4 * H + 3 * GAP + 18  # 4 rows and the legend
+
+
+def test_defaults_undo_the_shipped_validation_pipeline(tmp_path):
+    """A batch of the shapes validation set, as its loader makes it: the image panels are the pictures the
+    dataset read and the ground-truth overlays their masks."""
+    from super_recipes import dataloaders
+
+    loader = dataloaders.get("shapes_segmentation_val", dataset_params={"num_samples": 2, "image_size": 32},
+                             dataloader_params={"batch_size": 2})
+    images, masks = next(iter(loader))
+    names = loader.dataset.class_names
+    grid = SegmentationVisualizationCallback(class_names=names).draw(images, masks, _logits_for(masks, 4))
+    palette = segmentation_palette(4)
+    for row in range(2):
+        picture, mask = loader.dataset.load_sample(row)
+        y0 = row * (32 + GAP)
+        np.testing.assert_allclose(grid[y0:y0 + 32, :32], picture[:, :, ::-1], atol=1)
+        expected = 0.5 * picture.astype(float) + 0.5 * palette[mask]
+        np.testing.assert_allclose(grid[y0:y0 + 32, 32 + GAP:64 + GAP], expected[:, :, ::-1], atol=1.01)

@@ -62,9 +62,7 @@ class SegmentationPrediction:
     num_classes: int = 0  # the model's output channels (1: binary)
     channels: str = "BGR"
 
-    @property
-    def binary(self) -> bool:
-        return self.num_classes == 1
+    binary = property(lambda self: self.num_classes == 1, doc="one output channel: 0 background, 1 foreground")
 
     def label_names(self) -> list[str]:
         """Name of every class index the mask can hold (the index as text when there are no names)."""
@@ -103,11 +101,10 @@ class SegmentationPrediction:
         drawing = self.draw(alpha)
         if not cv2.imwrite(str(path), drawing[:, :, ::-1] if self.channels == "RGB" else drawing):
             raise OSError(f"Could not write {path}")
-        if save_mask:
-            dtype = np.uint8 if self.mask.max(initial=0) <= 255 else np.uint16
-            mask_path = path.with_name(f"{path.stem}_mask.png")
-            if not cv2.imwrite(str(mask_path), self.mask.astype(dtype)):
-                raise OSError(f"Could not write {mask_path}")
+        mask_path = path.with_name(f"{path.stem}_mask.png")
+        dtype = np.uint8 if self.mask.max(initial=0) <= 255 else np.uint16
+        if save_mask and not cv2.imwrite(str(mask_path), self.mask.astype(dtype)):
+            raise OSError(f"Could not write {mask_path}")
         return path
 
 
@@ -168,15 +165,13 @@ def _as_hwc3(image: np.ndarray) -> np.ndarray:
 
 def _tensor_images(tensor: torch.Tensor) -> list[np.ndarray]:
     # CHW or BCHW, 0..255 (uint8 or float); float tensors within [0, 1] are scaled, as in detection.
-    array = tensor.detach().to("cpu")
-    array = array[None] if array.ndim == 3 else array
-    if array.ndim != 4:
+    values = tensor.detach().to("cpu", torch.float32)
+    values = values[None] if values.ndim == 3 else values
+    if values.ndim != 4:
         raise ValueError(f"A tensor source must be CHW or BCHW, got shape {tuple(tensor.shape)}.")
-    values = array.to(torch.float32)
-    if values.numel() and tensor.dtype != torch.uint8 and float(values.max()) <= 1.0:
-        values = values * 255.0
-    images = values.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return [_as_hwc3(image) for image in images]
+    scale = 255.0 if values.numel() and tensor.dtype != torch.uint8 and float(values.max()) <= 1.0 else 1.0
+    return [_as_hwc3(image) for image in (values * scale).clamp(0, 255).round().to(torch.uint8)
+            .permute(0, 2, 3, 1).numpy()]
 
 
 Item = tuple[np.ndarray, str | None, str, str]  # image as given, its file, its name, its channel order
@@ -282,25 +277,24 @@ def predict(model: torch.nn.Module, source: Any, batch_size: int = 8, device: st
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
+    # One forward pass takes images of one input size: runs of equal sizes, at most batch_size long.
+    sizes = [tuple(rescaler.output_size(*image.shape[:2])) if rescaler else image.shape[:2]
+             for image, *_ in items]
     results = []
     try:
         start = 0
         while start < len(items):
-            inputs = [preprocess(items[start][0], items[start][3], params, rescaler)]
-            # One forward pass takes images of one input size: a run of equal sizes, at most batch_size long.
-            while start + len(inputs) < len(items) and len(inputs) < batch_size:
-                candidate = preprocess(items[start + len(inputs)][0], items[start + len(inputs)][3], params, rescaler)
-                if candidate.shape != inputs[0].shape:
-                    break
-                inputs.append(candidate)
-            logits = _main_logits(model(torch.stack(inputs).to(device))).float()
-            for offset in range(len(inputs)):
-                image, path, name, order = items[start + offset]
+            end = start + 1
+            while end < len(items) and end - start < batch_size and sizes[end] == sizes[start]:
+                end += 1
+            batch = torch.stack([preprocess(image, order, params, rescaler) for image, _, _, order in items[start:end]])
+            logits = _main_logits(model(batch.to(device))).float()
+            for offset, (image, path, name, order) in enumerate(items[start:end]):
                 mask = _to_mask(logits[offset:offset + 1], image.shape[:2], threshold)
                 results.append(SegmentationPrediction(image=image, mask=mask, class_names=params["class_names"],
                                                       source=path, name=name, num_classes=logits.shape[1],
                                                       channels=order))
-            start += len(inputs)
+            start = end
     finally:
         model.train(was_training)
     return results[0] if single else ImagesSegmentationPrediction(results)
@@ -394,34 +388,15 @@ def checkpoint_recipe(state: Mapping[str, Any], where: str = "the checkpoint") -
     return recipe
 
 
-def is_segmentation_recipe(recipe: Mapping[str, Any]) -> bool:
-    """Whether a recipe trains a segmentation model: its architecture is registered by
-    :mod:`super_recipes.segmentation` or is a class with :class:`SegmentationPredictMixin`, or its validation
-    transforms are segmentation transforms (``Seg*``)."""
-    from super_recipes.registry import MODELS
-
-    try:
-        factory = MODELS.get(str(recipe.get("architecture")))
-    except RecipeError:
-        factory = None
-    if factory is not None:
-        if str(getattr(factory, "__module__", "")).startswith("super_recipes.segmentation."):
-            return True
-        if isinstance(factory, type) and issubclass(factory, SegmentationPredictMixin):
-            return True
-    return any(name.startswith("Seg") for name, _ in _transform_specs(_val_dataset_params(recipe)))
-
-
 def processing_params_from_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
     """``class_names``, the rescale (``scale_factor`` / ``short_size`` / ``long_size`` / ``size``) and
     ``mean`` / ``std`` of the recipe's validation dataset (``dataset_params.val_dataset_params``: what the model
     was validated on). No ``SegRescale`` there means full resolution (``scale_factor: 1.0``); no
     ``SegNormalize``, pixels in [0, 1] (``mean``/``std`` None)."""
-    data = _val_dataset_params(recipe)
     params: dict[str, Any] = {mode: None for mode in RESCALE_MODES}
-    params.update({"mean": None, "std": None, "class_names": _class_names(data)})
+    params.update({"mean": None, "std": None, "class_names": _class_names(_val_params(recipe))})
     rescaled = False
-    for name, kwargs in _transform_specs(data):
+    for name, kwargs in validation_transforms(recipe):
         if name == "SegRescale":
             params.update({mode: None for mode in RESCALE_MODES})
             params.update({k: v for k, v in kwargs.items() if k in RESCALE_MODES})
@@ -437,13 +412,10 @@ def processing_params_from_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _val_dataset_params(recipe: Mapping[str, Any]) -> dict[str, Any]:
-    return dict((recipe.get("dataset_params") or {}).get("val_dataset_params") or {})
-
-
-def _transform_specs(data: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """``(short class name, kwargs)`` of each transform spec (a name, ``{Name: {kwargs}}`` or ``_target_``)."""
-    specs = data.get("transforms") or []
+def validation_transforms(recipe: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(class name, kwargs)`` of each spec (a name, ``{Name: {kwargs}}`` or ``_target_`` node) in the recipe's
+    ``dataset_params.val_dataset_params.transforms``; dotted names are shortened to the class name."""
+    specs = _val_params(recipe).get("transforms") or []
     out = []
     for spec in specs if isinstance(specs, list) else [specs]:
         if isinstance(spec, str):
@@ -456,6 +428,10 @@ def _transform_specs(data: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]
             continue
         out.append((str(name).rsplit(".", 1)[-1], dict(kwargs or {})))
     return out
+
+
+def _val_params(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    return dict((recipe.get("dataset_params") or {}).get("val_dataset_params") or {})
 
 
 def _class_names(data: Mapping[str, Any]) -> list[str] | None:
