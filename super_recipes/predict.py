@@ -3,9 +3,10 @@
 Rebuilds the model of a trained experiment from its checkpoint (recipe, EMA weights when present, the
 validation preprocessing and class names) and runs it on an image, a folder of images or several paths. A
 detection model prints one line per image (file, number of detections, most frequent classes) and writes the
-annotated images to ``--output``; a segmentation model (see :func:`is_segmentation_recipe`) prints the classes
-present with their share of the pixels and writes the mask overlays there as PNG (``--masks``: the class-index
-masks too). ``--conf`` and ``--iou`` apply to detection only, ``--alpha`` and ``--masks`` to segmentation.
+annotated images to ``--output``; a segmentation model (an architecture of super_recipes.segmentation, a model
+class with SegmentationPredictMixin, or Seg* validation transforms) prints the classes present with their share
+of the pixels and writes the mask overlays there as PNG (``--masks``: the class-index masks too). ``--conf`` and
+``--iou`` apply to detection only, ``--alpha`` and ``--masks`` to segmentation.
 """
 
 from __future__ import annotations
