@@ -248,6 +248,10 @@ def test_processing_params_from_the_recipe():
     target = processing_params_from_recipe(_recipe([
         {"_target_": "super_recipes.segmentation.transforms.SegRescale", "scale_factor": 0.25}, "SegNormalize"]))
     assert target["scale_factor"] == 0.25 and target["mean"] == list(IMAGENET_MEAN)
+    # No transforms recorded (the loader's defaults were used): only the names, predict's defaults do the rest.
+    bare = _recipe([])
+    del bare["dataset_params"]["val_dataset_params"]["transforms"]
+    assert processing_params_from_recipe(bare) == {"class_names": ["background", "circle", "square", "triangle"]}
 
 
 def _checkpoint(tmp_path: Path, ema: bool = False) -> tuple[Path, TinySeg]:

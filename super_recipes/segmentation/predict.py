@@ -392,7 +392,12 @@ def processing_params_from_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
     """``class_names``, the rescale (``scale_factor`` / ``short_size`` / ``long_size`` / ``size``) and
     ``mean`` / ``std`` of the recipe's validation dataset (``dataset_params.val_dataset_params``: what the model
     was validated on). No ``SegRescale`` there means full resolution (``scale_factor: 1.0``); no
-    ``SegNormalize``, pixels in [0, 1] (``mean``/``std`` None)."""
+    ``SegNormalize``, pixels in [0, 1] (``mean``/``std`` None). A recipe without ``transforms`` there (its
+    loader's defaults applied) gives the class names only, and predict's defaults apply."""
+    if "transforms" not in _val_params(recipe):
+        logger.warning("The checkpoint's recipe lists no validation transforms; predict uses its defaults "
+                       "(ImageNet normalisation, the model's evaluation size).")
+        return {"class_names": _class_names(_val_params(recipe))}
     params: dict[str, Any] = {mode: None for mode in RESCALE_MODES}
     params.update({"mean": None, "std": None, "class_names": _class_names(_val_params(recipe))})
     rescaled = False
