@@ -174,3 +174,33 @@ def test_ddp_resume_after_a_kill_is_exact(workdir):
     for row in rows[0] + rows[1]:
         row.pop("epoch_time")
     assert rows[0] == rows[1]
+
+
+RANK_ZERO_ALONE = textwrap.dedent("""
+    import os, sys, torch, torch.distributed as dist
+    from torchmetrics.classification import MulticlassAccuracy
+    from super_recipes.engine.evaluation import compute_alone
+    from super_recipes.metrics import Accuracy
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[1]}", rank=int(sys.argv[2]),
+                            world_size=2)
+    if dist.get_rank() == 0:  # an evaluation rank 0 runs alone (average_model.pth, test()): no collectives
+        preds, target = torch.eye(4)[[0, 1, 2, 2]], torch.tensor([0, 1, 2, 3])
+        for metric in (MulticlassAccuracy(num_classes=4, average="micro"), Accuracy()):
+            compute_alone(metric)
+            metric.update(preds, target)
+            print(type(metric).__name__, float(metric.compute()), flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
+""")
+
+
+def test_an_evaluation_that_rank_zero_runs_alone_needs_no_other_rank(tmp_path):
+    script = tmp_path / "alone.py"
+    script.write_text(RANK_ZERO_ALONE)
+    port = str(free_port())
+    workers = [subprocess.Popen([sys.executable, str(script), port, str(rank)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [worker.communicate(timeout=120) for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), outputs
+    assert outputs[0][0].split() == ["MulticlassAccuracy", "0.75", "Accuracy", "0.75"]

@@ -26,6 +26,30 @@ def _no_event(context: PhaseContext) -> None:
     return None
 
 
+def detached(preds: Any) -> Any:
+    """Model outputs without their graphs: a tensor, or a tuple/list of them (main and auxiliary outputs)."""
+    if isinstance(preds, torch.Tensor):
+        return preds.detach()
+    if isinstance(preds, (tuple, list)):
+        return type(preds)(detached(p) for p in preds)
+    return preds
+
+
+def compute_alone(metric: Any) -> None:
+    """Make ``metric.compute()`` use this process's states only (an evaluation that one rank runs alone).
+
+    ``sync_on_compute`` is read by our metrics at every compute; a torchmetrics ``Metric`` copies it at
+    construction, so its documented ``dist_sync_fn`` is replaced by a gather over this process alone.
+    """
+    metric.sync_on_compute = False
+    if hasattr(metric, "dist_sync_fn"):
+        metric.dist_sync_fn = _gather_this_process
+
+
+def _gather_this_process(tensor: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
+    return [tensor]
+
+
 @dataclass(frozen=True)
 class EvaluationEvents:
     """The callback events one evaluation fires."""

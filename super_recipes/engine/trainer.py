@@ -34,7 +34,7 @@ from super_recipes.engine.devices import resolve_device, to_device
 from super_recipes.engine.distributed import World, all_reduce_mean, any_rank, broadcast_buffers, wrap_model
 from super_recipes.engine.ema import ModelEMA, build_ema
 from super_recipes.engine.environment import RunEnvironment
-from super_recipes.engine.evaluation import Evaluation, EvaluationEvents
+from super_recipes.engine.evaluation import Evaluation, EvaluationEvents, compute_alone, detached
 from super_recipes.engine.interrupts import StopRequests, TrainingInterrupted
 from super_recipes.engine.loop_state import LoopState
 from super_recipes.engine.precise_bn import recompute_batchnorm_statistics
@@ -265,7 +265,7 @@ class Trainer:
         callbacks.on_train_batch_loss_end(ctx)
         self.update_params(ctx, callbacks, loss, group_size, is_step)
         for metric in self.train_metrics.values():
-            update_metric(metric, preds.detach(), targets, ctx.batch_extras)
+            update_metric(metric, detached(preds), targets, ctx.batch_extras)
         self.state.loss_items.append(loss_items)
         callbacks.on_train_batch_end(ctx)
 
@@ -340,7 +340,7 @@ class Trainer:
         metrics = copy.deepcopy(self.valid_metrics)  # fresh states; the training run's metrics stay untouched
         for metric in metrics.values():
             metric.reset()
-            metric.sync_on_compute = False  # may run on rank 0 alone: no collective operations
+            compute_alone(metric)  # may run on rank 0 alone: no collective operations
         evaluation = Evaluation(metrics, "valid", self.device, self.loss_fn, self._validation_loss_names,
                                 self.autocast, self.params.max_valid_batches)
         loader = loader if loader is not None else self.full_valid_loader
@@ -356,7 +356,7 @@ class Trainer:
 
         metrics = _to_device(build_metrics(test_metrics_list, "test_metrics_list"), self.device)
         for metric in metrics.values():
-            metric.sync_on_compute = False  # test() evaluates the loader it is given, in this process
+            compute_alone(metric)  # test() evaluates the loader it is given, in this process
         loss_fn = build_loss(loss) if loss is not None else None
         if isinstance(loss_fn, torch.nn.Module):
             loss_fn = loss_fn.to(self.device)
