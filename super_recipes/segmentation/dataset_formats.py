@@ -256,6 +256,9 @@ class COCOSegmentationDataset(SegmentationDataset):
         return [a for a in anns if a["category_id"] in self._class_of and not (a.get("iscrowd") and
                                                                                 self.crowd == "skip")]
 
+    def _mask_name(self, source: Any) -> str:
+        return f"(the annotations of image id {source} in {self.json_path})"
+
     def _load_mask(self, source: Any) -> np.ndarray:
         info = self.coco.imgs[source]
         big = not 0 <= self.ignore_index <= 255 or len(self._class_of) > 254

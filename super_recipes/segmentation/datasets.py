@@ -74,7 +74,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
     ``(image, mask)``: a float32 ``[3, H, W]`` RGB image and an int64 ``[H, W]`` mask of class indices.
 
     Used directly, it reads the given ``samples``; subclasses find their own by implementing
-    :meth:`_setup_samples`.
+    :meth:`_setup_samples`::
+
+        @register_dataset
+        class MyScans(SegmentationDataset):
+            class_names = ["background", "lesion"]
+
+            def __init__(self, root: str = "./data/scans", **kwargs):
+                self.root = Path(root)
+                super().__init__(**kwargs)  # transforms, ignore_index, binary, max_num_samples
+
+            def _setup_samples(self):
+                return [(str(p), str(self.root / "labels" / p.name)) for p in sorted(self.root.glob("img/*.png"))]
 
     :param samples: ``(image_path, mask_path)`` pairs (only when not subclassing).
     :param class_names: the name of each class index (``class_names[k]`` for mask value ``k``).
@@ -124,6 +135,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """The HWC uint8 RGB image of a sample's image source (default: the file, see :func:`load_rgb_image`)."""
         return load_rgb_image(source)
 
+    def _mask_name(self, source: Any) -> str:
+        """How error messages name a mask source (default: the path)."""
+        return str(source)
+
     # -- public API ---------------------------------------------------------------------------------------------
     @property
     def num_classes(self) -> int:
@@ -139,7 +154,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image, mask = self._load_image(image_source), self._load_mask(mask_source)
         if image.shape[:2] != mask.shape[:2]:
             raise SegmentationImageError(f"Image {image_source} is {image.shape[1]}x{image.shape[0]} (WxH) but its "
-                                         f"mask {mask_source} is {mask.shape[1]}x{mask.shape[0]}.")
+                                         f"mask {self._mask_name(mask_source)} is {mask.shape[1]}x{mask.shape[0]}.")
         return image, mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +178,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return
         bad = np.unique(mask[((mask >= limit) | (mask < 0)) & (mask != self.ignore_index)])
         if bad.size:
-            source = self.samples[index][1]
+            source = self._mask_name(self.samples[index][1])
             raise SegmentationImageError(
                 f"Mask {source} holds value(s) {bad[:8].tolist()}, but {type(self).__name__} has {limit} classes "
                 f"(values 0..{limit - 1}) and ignore_index {self.ignore_index}. Fix class_names or the mask.")
