@@ -44,7 +44,7 @@ class Registry:
         self._entries: dict[str, Any] = {}
         self._builtin_modules = tuple(builtin_modules)
         self._builtins_loaded = False
-        self._on_demand_loaded = False
+        self._tasks_loaded: set[str] = set()
         self._fallback = fallback
         self._fallback_entries: Mapping[str, Any] | None = None
 
@@ -74,11 +74,17 @@ class Registry:
             for module in self._builtin_modules:
                 importlib.import_module(module)
 
-    def _load_on_demand(self) -> None:
-        if not self._on_demand_loaded:
-            self._on_demand_loaded = True
-            for module in self.on_demand_modules:
+    def _load_on_demand(self, until: str | None = None) -> None:
+        """Import the task packages' modules for this registry, task by task; with ``until``, stop at the first
+        task that registers that name (looking up a segmentation model does not import the detection models)."""
+        for task, modules in task_registry_modules().items():
+            if task in self._tasks_loaded:
+                continue
+            self._tasks_loaded.add(task)
+            for module in modules.get(self.key, ()):
                 importlib.import_module(module)
+            if until is not None and until in self._entries:
+                return
 
     @property
     def on_demand_modules(self) -> tuple[str, ...]:
@@ -96,7 +102,7 @@ class Registry:
         self._load_builtins()
         if name in self._entries or name in self._fallbacks():
             return True
-        self._load_on_demand()
+        self._load_on_demand(until=name)
         return name in self._entries
 
     def names(self, include_fallback: bool = True) -> list[str]:
@@ -120,7 +126,7 @@ class Registry:
         fallback = self._fallbacks()
         if name in fallback:
             return fallback[name]
-        self._load_on_demand()
+        self._load_on_demand(until=name)
         if name in self._entries:
             return self._entries[name]
         if "." in name.strip("."):

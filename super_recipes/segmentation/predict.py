@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from super_recipes.errors import RecipeError
+from super_recipes.segmentation.predict_mixin import SegmentationPredictMixin  # noqa: F401  (public here too)
 from super_recipes.segmentation.visualization import (
     BINARY_PALETTE,
     IMAGENET_MEAN,
@@ -309,31 +310,6 @@ def _to_mask(logits: torch.Tensor, size: tuple[int, int], threshold: float) -> n
     else:
         mask = logits[0].argmax(dim=0)
     return mask.to("cpu", torch.int64).numpy()
-
-
-class SegmentationPredictMixin:
-    """Gives a segmentation model ``predict()``: the model class inherits it (``class DDRNet(
-    SegmentationPredictMixin, nn.Module)``) and keeps its preprocessing in ``self.processing_params``."""
-
-    def set_dataset_processing_params(self, **params: Any) -> None:
-        """Remember how the dataset prepared inputs: ``class_names``, one of ``scale_factor`` / ``short_size``
-        / ``long_size`` / ``size``, ``mean`` / ``std`` (see the module docstring); later calls update it."""
-        current = dict(getattr(self, "processing_params", None) or {})
-        current.update(params)
-        self.processing_params = current
-        if "class_names" in params:
-            self.class_names = list(params["class_names"]) if params["class_names"] is not None else None
-
-    def predict(self, source: Any, batch_size: int = 8, device: str | torch.device | None = None,
-                channels: str = "BGR", threshold: float = 0.5
-                ) -> SegmentationPrediction | ImagesSegmentationPrediction:
-        """Segment ``source``: an image path, a folder of images, a list of those or of arrays, a numpy array
-        (HWC, or NHWC for several; BGR as ``cv2.imread`` gives, or RGB with ``channels="RGB"``), a PIL image, or
-        a tensor (CHW or BCHW, 0..255 or [0, 1]; BGR unless ``channels="RGB"``). Returns a
-        :class:`SegmentationPrediction` for one image, else an :class:`ImagesSegmentationPrediction`; masks
-        have each image's own size. ``threshold`` applies to binary models (``sigmoid(logit) > threshold``)."""
-        return predict(self, source, batch_size=batch_size, device=device,  # type: ignore[arg-type]
-                       channels=channels, threshold=threshold)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

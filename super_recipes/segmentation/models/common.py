@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from super_recipes.errors import RecipeError
+from super_recipes.segmentation.predict_mixin import SegmentationPredictMixin
 
 __all__ = ["CITYSCAPES_FRAME", "ConvBNReLU", "PooledBatchNorm2d", "SegHead", "SegmentationModel", "check_arch_params",
            "init_weights", "is_exporting", "resize_to", "scaled"]
@@ -122,7 +123,7 @@ def check_arch_params(architecture: str, *, num_classes: Any, in_channels: Any, 
             refuse(key, value, "an even integer (the blocks halve it)")
 
 
-class SegmentationModel(nn.Module):
+class SegmentationModel(SegmentationPredictMixin, nn.Module):
     """Base of the segmentation architectures: the output convention, the head bookkeeping, the published
     evaluation scale. Subclasses build ``self.backbone`` and the rest, then call :meth:`_set_heads`, and implement
     :meth:`_build_heads` and :meth:`forward_logits`.
@@ -185,13 +186,6 @@ class SegmentationModel(nn.Module):
         main, aux = self.forward_logits(x, with_aux)
         main = resize_to(main, x.shape[-2:])
         return (main, *aux) if with_aux else main
-
-    def set_dataset_processing_params(self, **kwargs: Any) -> None:
-        """Remember how inputs are prepared (class names, image size, normalisation...) for ``predict``."""
-        self.processing_params.update(kwargs)
-        if "class_names" in kwargs:
-            names = kwargs["class_names"]
-            self.class_names = list(names) if names is not None else None
 
 
 def init_weights(module: nn.Module) -> None:
