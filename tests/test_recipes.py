@@ -127,6 +127,16 @@ def _data_overrides(name: str, tmp_path) -> list[str]:
                 "dataset_params.val_dataset_params.input_dim=[160,160]", "architecture=yolox_n",
                 "training_hyperparams.lr_warmup_epochs=0", "training_hyperparams.lr_cooldown_epochs=0",
                 "training_hyperparams.mixed_precision=false"]
+    if name.startswith("cityscapes_"):
+        # Real-format Cityscapes frames (16x32) under the user's data folder; the published crops pad them. Batches
+        # of 2 and one process keep two steps of the full-size models affordable on a CPU.
+        from tests.test_segmentation_data import write_cityscapes
+
+        write_cityscapes(tmp_path / "cityscapes")
+        return [f"dataset_params.train_dataset_params.data_dir={tmp_path / 'cityscapes'}",
+                f"dataset_params.val_dataset_params.data_dir={tmp_path / 'cityscapes'}",
+                "batch_size=2", "val_batch_size=2", "multi_gpu=Off", "num_gpus=1",
+                "training_hyperparams.max_train_batches=2", "training_hyperparams.lr_warmup_epochs=0"]
     if "yolox" in name:
         return ["training_hyperparams.lr_warmup_steps=1", f"dataset_params.train_dataset_params.data_dir={tmp_path}/d",
                 f"dataset_params.val_dataset_params.data_dir={tmp_path}/d"]

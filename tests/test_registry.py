@@ -85,12 +85,12 @@ def test_on_demand_modules_import_and_stay_out_of_classification_runs():
     for registry in REGISTRIES.values():
         for module in registry.on_demand_modules:
             importlib.import_module(module)
-    # Resolving classification names must not import the detection package.
+    # Resolving classification names must not import the detection or segmentation packages.
     probe = ("import sys; from super_recipes.registry import DATALOADERS, METRICS, TRANSFORMS; "
              "METRICS.get('Accuracy'); TRANSFORMS.get('ToFloatTensor'); DATALOADERS.get('shapes_train'); "
              "from super_recipes.registry import LOSSES, MODELS; LOSSES.get('CrossEntropyLoss'); "
              "MODELS.get('resnet_tiny_cifar'); "
-             "print(any(m.startswith('super_recipes.detection') for m in sys.modules), "
+             "print(any(m.startswith(('super_recipes.detection', 'super_recipes.segmentation')) for m in sys.modules), "
              "'torchvision.transforms.v2' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"  # nor torchvision's transforms (>1 s to import) for built-ins
