@@ -83,7 +83,7 @@ def _segmentation_checkpoint(path: str) -> dict | None:
     import torch
 
     from super_recipes.engine.checkpoints import load_checkpoint
-    from super_recipes.segmentation.predict import checkpoint_recipe
+    from super_recipes.models.from_checkpoint import checkpoint_recipe
 
     try:
         # Memory-mapped: a detection checkpoint is read again by its own loader, so this look costs no copy.

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from super_recipes.detection.predict import (
     DetectionPredictMixin,
@@ -100,7 +101,9 @@ def test_every_source_type_gives_the_same_detections(jpegs):
     # The dataset convention for tensors: CHW, BGR, 0..255 (uint8) or [0, 1] floats.
     by_tensor = model.predict(torch.from_numpy(arrays[0]).permute(2, 0, 1))
     by_float_tensor = model.predict(torch.from_numpy(arrays[0]).permute(2, 0, 1).float() / 255)
-    for other in (by_path, by_array, by_tensor, by_float_tensor):
+    by_pil = model.predict(Image.fromarray(np.ascontiguousarray(arrays[0][:, :, ::-1])))  # PIL is RGB
+    assert np.array_equal(by_pil.image, arrays[0])  # kept in the BGR order the model was trained on
+    for other in (by_path, by_array, by_tensor, by_float_tensor, by_pil):
         assert isinstance(other, ImageDetectionPrediction)
         np.testing.assert_allclose(other.boxes, single.boxes, rtol=1e-6)
     folder = model.predict(jpegs[0].parent)

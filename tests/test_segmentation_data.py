@@ -249,6 +249,10 @@ def test_coco_renders_semantic_masks_in_annotation_order(tmp_path):
     (tmp_path / "images" / "val2017" / "b.png").unlink()
     with pytest.raises(SegmentationImageError, match="b.png"):
         _coco(tmp_path)
+    json_path = tmp_path / "annotations" / "instances_val2017.json"
+    json_path.write_text(json_path.read_text()[:-40])  # a download cut short
+    with pytest.raises(RecipeError, match="instances_val2017.json is not a valid COCO annotation file"):
+        _coco(tmp_path)
 
 
 # -- image + mask folders -----------------------------------------------------------------------------------------

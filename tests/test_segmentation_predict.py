@@ -277,6 +277,11 @@ def test_load_model_for_prediction_rebuilds_model_and_preprocessing(tmp_path):
     assert np.array_equal(model.predict(image).mask, expected)
     raw = load_model_for_prediction(path, use_ema=False)
     assert not torch.equal(raw.conv.weight, trained.conv.weight)
+    state = torch.load(path, weights_only=True)
+    state["ema_net"] = {k: v[:1] for k, v in state["ema_net"].items()}  # weights of another width
+    torch.save(state, tmp_path / "other.pth")
+    with pytest.raises(RecipeError, match=r"(?s)other\.pth.*conv\.weight"):
+        load_model_for_prediction(tmp_path / "other.pth")
     torch.save({"net": trained.state_dict()}, tmp_path / "bare.pth")
     with pytest.raises(RecipeError, match="carries no recipe"):
         load_model_for_prediction(tmp_path / "bare.pth")

@@ -6,18 +6,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from super_recipes.data.coco_json import open_coco
 from super_recipes.detection.datasets import DetectionDataset, DetectionImageError
 from super_recipes.errors import RecipeError
+from super_recipes.image_sources import IMAGE_SUFFIXES
 from super_recipes.registry import register_dataset
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @register_dataset
@@ -54,14 +52,7 @@ class COCOFormatDetectionDataset(DetectionDataset):
         for path, present in ((self.json_path, self.json_path.is_file()), (self.images_dir, self.images_dir.is_dir())):
             if not present:
                 raise RecipeError(self._missing_message(path))
-        from pycocotools.coco import COCO
-
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-                self.coco = COCO(str(self.json_path))
-        except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
-            raise RecipeError(f"{self.json_path} is not a valid COCO annotation file: {err!r}") from None
-        categories = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
+        self.coco, categories = open_coco(self.json_path)
         self._all_category_ids = [int(c["id"]) for c in categories]
         self._label_of = {cid: i for i, cid in enumerate(self._all_category_ids)}
         self.class_names = [str(c["name"]) for c in categories]

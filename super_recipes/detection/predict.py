@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,11 @@ from super_recipes.detection.datasets import load_image
 from super_recipes.detection.drawing import DetectionVisualization
 from super_recipes.detection.sample import DetectionSample
 from super_recipes.detection.transforms import DetectionPaddedRescale, DetectionStandardize
+from super_recipes.image_sources import collect_images, in_order, unique_file_names
+from super_recipes.models.from_checkpoint import model_from_checkpoint, set_processing_params
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # What the COCO YOLOX recipe feeds the model: 640x640 letterbox on grey 114, pixels / 255.
 DEFAULT_PROCESSING: dict[str, Any] = {"class_names": None, "input_dim": (640, 640), "pad_value": 114,
                                       "standardize": 255.0}
@@ -88,68 +88,8 @@ class ImagesDetectionPrediction:
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write every drawing to ``folder`` (one ``<name>.jpg`` each, names made unique); returns the paths."""
-        seen: dict[str, int] = {}
-        paths = []
-        for prediction in self.predictions:
-            count = seen.get(prediction.name, 0)
-            seen[prediction.name] = count + 1
-            suffix = f"_{count}" if count else ""
-            paths.append(prediction.save(folder, f"{prediction.name}{suffix}.jpg"))
-        return paths
-
-
-def image_files(folder: str | Path) -> list[Path]:
-    """The images directly inside ``folder``, sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _tensor_images(tensor: torch.Tensor) -> list[np.ndarray]:
-    # Tensors follow the dataset convention: CHW or BCHW, BGR, 0..255 (uint8 or float); [0, 1] floats are scaled.
-    array = tensor.detach().to("cpu")
-    if array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4:
-        raise ValueError(f"A tensor source must be CHW or BCHW, got shape {tuple(tensor.shape)}.")
-    array = array.to(torch.float32)
-    if array.numel() and tensor.dtype != torch.uint8 and float(array.max()) <= 1.0:
-        array = array * 255.0
-    images = array.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return [np.ascontiguousarray(image) for image in images]
-
-
-def _collect(source: Any) -> tuple[list[tuple[np.ndarray, str | None, str]], bool]:
-    """``[(image HWC uint8 BGR, path or None, name)]`` and whether the source was a single image."""
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if path.is_dir():
-            files = image_files(path)
-            if not files:
-                raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
-            return [(load_image(str(f)), str(f), f.stem) for f in files], False
-        return [(load_image(str(path)), str(path), path.stem)], True
-    if isinstance(source, np.ndarray):
-        if source.ndim == 4:
-            return [(np.ascontiguousarray(img), None, f"image_{i}") for i, img in enumerate(source)], False
-        return [(_as_uint8(source), None, "image_0")], True
-    if isinstance(source, torch.Tensor):
-        images = _tensor_images(source)
-        return [(img, None, f"image_{i}") for i, img in enumerate(images)], source.ndim == 3
-    if isinstance(source, Sequence):
-        items: list[tuple[np.ndarray, str | None, str]] = []
-        for i, element in enumerate(source):
-            for image, path, name in _collect(element)[0]:
-                items.append((image, path, name if path else f"image_{i}"))
-        return items, False
-    raise TypeError(f"Cannot predict on a {type(source).__name__}: give an image path, a folder, a list of paths, "
-                    "a numpy array (HWC BGR) or a tensor (CHW/BCHW).")
-
-
-def _as_uint8(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        image = image[:, :, None].repeat(3, axis=2)
-    if image.dtype != np.uint8:
-        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(image)
+        names = unique_file_names((prediction.name for prediction in self.predictions), ".jpg")
+        return [prediction.save(folder, name) for prediction, name in zip(self.predictions, names, strict=True)]
 
 
 def _processing(model: torch.nn.Module) -> dict[str, Any]:
@@ -178,7 +118,8 @@ def predict(model: torch.nn.Module, source: Any, conf: float = 0.25, iou: float 
             batch_size: int = 8, device: str | torch.device | None = None
             ) -> ImageDetectionPrediction | ImagesDetectionPrediction:
     """Detect objects in ``source`` with ``model`` (see :class:`DetectionPredictMixin.predict`)."""
-    items, single = _collect(source)
+    sources, single = collect_images(source, read=load_image)
+    items = [(in_order(item, "BGR"), item.path, item.name) for item in sources]  # the datasets' order
     params = _processing(model)
     letterbox = DetectionPaddedRescale(params["input_dim"], pad_value=params["pad_value"])
     standardize = DetectionStandardize(params["standardize"]) if params["standardize"] else None
@@ -223,8 +164,8 @@ class DetectionPredictMixin:
                 batch_size: int = 8, device: str | torch.device | None = None
                 ) -> ImageDetectionPrediction | ImagesDetectionPrediction:
         """Detect objects in ``source``: an image path, a folder of images, a list of paths/arrays, a numpy
-        array (HWC BGR uint8, as ``cv2.imread`` gives; NHWC for several) or a tensor (CHW or BCHW, BGR, 0..255
-        or [0, 1]). Keeps detections above ``conf`` after class-wise NMS at ``iou``. Returns an
+        array (HWC BGR uint8, as ``cv2.imread`` gives; NHWC for several), a PIL image (RGB) or a tensor (CHW or
+        BCHW, BGR, 0..255 or [0, 1]). Keeps detections above ``conf`` after class-wise NMS at ``iou``. Returns an
         :class:`ImageDetectionPrediction` for one image, else an :class:`ImagesDetectionPrediction`; boxes are
         in the pixels of the image as given."""
         return predict(self, source, conf=conf, iou=iou, max_predictions=max_predictions,  # type: ignore[arg-type]
@@ -236,27 +177,8 @@ def load_model_for_prediction(checkpoint_path: str | Path, device: str | torch.d
     """Rebuild the model a super_recipes checkpoint was trained as (its recipe's ``architecture`` and
     ``arch_params``), load its weights (the EMA weights when the checkpoint has them and ``use_ema``), set its
     preprocessing and class names from the recipe's validation dataset, and return it in eval mode."""
-    from omegaconf import OmegaConf
-
-    from super_recipes import models
-    from super_recipes.engine.checkpoints import load_checkpoint
-    from super_recipes.errors import RecipeError
-
-    state = load_checkpoint(checkpoint_path)
-    if not state.get("recipe"):
-        raise RecipeError(f"Checkpoint {checkpoint_path} carries no recipe: rebuild the model with models.get(...) "
-                          "and load the weights with checkpoint_path=.")
-    recipe = OmegaConf.to_container(OmegaConf.create(state["recipe"]), resolve=True)
-    model = models.get(recipe["architecture"], arch_params=recipe.get("arch_params") or {})
-    weights = state["ema_net"] if use_ema and state.get("ema_net") else state["net"]
-    # DDP and torch.compile wrappers prefix the names; the bare model has neither.
-    weights = {re.sub(r"^((module|_orig_mod)\.)+", "", key): value for key, value in weights.items()}
-    model.load_state_dict(weights)
-    processing = processing_params_from_recipe(recipe)
-    if hasattr(model, "set_dataset_processing_params"):
-        model.set_dataset_processing_params(**processing)
-    else:
-        model.processing_params = processing
+    model, recipe = model_from_checkpoint(checkpoint_path, use_ema)
+    set_processing_params(model, processing_params_from_recipe(recipe))
     return model.to(device).eval()
 
 

@@ -7,14 +7,13 @@ missing folder says where the data is expected and where to get it.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from super_recipes.data.coco_json import open_coco
 from super_recipes.errors import RecipeError, did_you_mean
 from super_recipes.registry import register_dataset, to_plain
 from super_recipes.segmentation.datasets import (
@@ -223,14 +222,7 @@ class COCOSegmentationDataset(SegmentationDataset):
                     f"COCOSegmentationDataset: {path} not found (data_dir/json_file = {self.json_path}, "
                     f"data_dir/images_dir = {self.images_dir}). COCO 2017 comes from https://cocodataset.org/#download"
                     f" (train2017.zip, val2017.zip, annotations_trainval2017.zip), unpacked into data_dir.")
-        from pycocotools.coco import COCO
-
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-                self.coco = COCO(str(self.json_path))
-        except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
-            raise RecipeError(f"{self.json_path} is not a valid COCO annotation file: {err!r}") from None
-        categories = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
+        self.coco, categories = open_coco(self.json_path)
         names = [str(c["name"]) for c in categories]
         wanted = names if self.class_subset is None else self.class_subset
         unknown = [name for name in wanted if name not in names]

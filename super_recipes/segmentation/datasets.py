@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from super_recipes.errors import RecipeError
+from super_recipes.image_sources import IMAGE_SUFFIXES, image_files
 from super_recipes.registry import TRANSFORMS, build_list, register_dataset, to_plain
 
 DEFAULT_IGNORE_INDEX = 255
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Masks are drawn in the stored pixel orientation; applying an image's EXIF rotation would misalign the pair.
 _IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
@@ -192,10 +192,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
                                          f"{', '.join(missing[:5])}{more}.")
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 @register_dataset
 class ImageMaskFolderDataset(SegmentationDataset):
     """Your own data as two folders (``dataset: ImageMaskFolderDataset``): ``<data_dir>/<images_dir>/name.jpg``
@@ -241,14 +237,14 @@ class ImageMaskFolderDataset(SegmentationDataset):
                 raise SegmentationImageError(f"ImageMaskFolderDataset: {what} folder {folder} not found "
                                              f"(data_dir/{what}).")
         masks: dict[str, Path] = {}
-        for path in _image_files(self.masks_dir):
+        for path in image_files(self.masks_dir):
             stem = path.stem
             if self.mask_suffix and stem.endswith(self.mask_suffix):
                 stem = stem[:-len(self.mask_suffix)]
             # Two masks for one stem (a.png and a.jpg): PNG, being lossless, wins.
             if stem not in masks or path.suffix.lower() == ".png":
                 masks[stem] = path
-        images = _image_files(self.images_dir)
+        images = image_files(self.images_dir)
         if not images:
             raise SegmentationImageError(f"ImageMaskFolderDataset: no images ({', '.join(IMAGE_SUFFIXES)}) in "
                                          f"{self.images_dir}.")

@@ -21,8 +21,7 @@ size, with the ImageNet normalisation.
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from super_recipes.errors import RecipeError
+from super_recipes.image_sources import collect_images, unique_file_names
+from super_recipes.models.from_checkpoint import model_from_checkpoint, set_processing_params
 from super_recipes.segmentation.predict_mixin import SegmentationPredictMixin  # noqa: F401  (public here too)
 from super_recipes.segmentation.visualization import (
     BINARY_PALETTE,
@@ -44,7 +45,6 @@ from super_recipes.segmentation.visualization import (
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 RESCALE_MODES = ("scale_factor", "short_size", "long_size", "size")
 # Transforms of a validation list that change nothing predict must replay (or cannot apply to a lone image).
 _NOT_REPLAYED = {"SegToTensor", "SegPadToSize", "SegRandomCrop", "SegRandomFlip", "SegRandomRescale", "SegColorJitter"}
@@ -126,85 +126,9 @@ class ImagesSegmentationPrediction:
 
     def save(self, folder: str | Path, alpha: float = 0.5, save_mask: bool = False) -> list[Path]:
         """Write every overlay to ``folder`` (one ``<name>.png`` each, names made unique); returns the paths."""
-        seen: dict[str, int] = {}
-        paths = []
-        for prediction in self.predictions:
-            count = seen.get(prediction.name, 0)
-            seen[prediction.name] = count + 1
-            suffix = f"_{count}" if count else ""
-            paths.append(prediction.save(folder, f"{prediction.name}{suffix}.png", alpha, save_mask))
-        return paths
-
-
-# --------------------------------------------------------------------------------------------------- sources
-def image_files(folder: str | Path) -> list[Path]:
-    """The images directly inside ``folder``, sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _read(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        if not path.exists():
-            raise FileNotFoundError(f"Image {path} does not exist.")
-        raise ValueError(f"Image {path} cannot be decoded (corrupt or not an image).")
-    return image
-
-
-def _as_hwc3(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"An image array must be HW, HWC (1, 3 or 4 channels) or NHWC, got shape {image.shape}.")
-    image = image[:, :, :3] if image.shape[2] == 4 else image  # alpha is not part of the picture
-    if image.shape[2] == 1:
-        image = image.repeat(3, axis=2)
-    if image.dtype != np.uint8:
-        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(image)
-
-
-def _tensor_images(tensor: torch.Tensor) -> list[np.ndarray]:
-    # CHW or BCHW, 0..255 (uint8 or float); float tensors within [0, 1] are scaled, as in detection.
-    values = tensor.detach().to("cpu", torch.float32)
-    values = values[None] if values.ndim == 3 else values
-    if values.ndim != 4:
-        raise ValueError(f"A tensor source must be CHW or BCHW, got shape {tuple(tensor.shape)}.")
-    scale = 255.0 if values.numel() and tensor.dtype != torch.uint8 and float(values.max()) <= 1.0 else 1.0
-    return [_as_hwc3(image) for image in (values * scale).clamp(0, 255).round().to(torch.uint8)
-            .permute(0, 2, 3, 1).numpy()]
-
-
-Item = tuple[np.ndarray, str | None, str, str]  # image as given, its file, its name, its channel order
-
-
-def _collect(source: Any, channels: str) -> tuple[list[Item], bool]:
-    """The images of ``source`` and whether it was a single image."""
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if path.is_dir():
-            files = image_files(path)
-            if not files:
-                raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
-            return [(_read(f), str(f), f.stem, "BGR") for f in files], False
-        return [(_read(path), str(path), path.stem, "BGR")], True
-    if isinstance(source, np.ndarray):
-        if source.ndim == 4:
-            return [(_as_hwc3(image), None, f"image_{i}", channels) for i, image in enumerate(source)], False
-        return [(_as_hwc3(source), None, "image_0", channels)], True
-    if isinstance(source, torch.Tensor):
-        images = _tensor_images(source)
-        return [(image, None, f"image_{i}", channels) for i, image in enumerate(images)], source.ndim == 3
-    if type(source).__module__.startswith("PIL."):
-        return [(_as_hwc3(np.asarray(source.convert("RGB"))), None, "image_0", "RGB")], True
-    if isinstance(source, Sequence):
-        items: list[Item] = []
-        for i, element in enumerate(source):
-            for image, path, name, order in _collect(element, channels)[0]:
-                items.append((image, path, name if path else f"image_{i}", order))
-        return items, False
-    raise TypeError(f"Cannot predict on a {type(source).__name__}: give an image path, a folder, a list of paths, "
-                    "a numpy array (HWC, BGR unless channels='RGB'), a PIL image or a tensor (CHW/BCHW).")
+        names = unique_file_names((prediction.name for prediction in self.predictions), ".png")
+        return [prediction.save(folder, name, alpha, save_mask)
+                for prediction, name in zip(self.predictions, names, strict=True)]
 
 
 # ------------------------------------------------------------------------------------------- preprocessing
@@ -269,10 +193,7 @@ def _main_logits(output: Any) -> torch.Tensor:
 def predict(model: torch.nn.Module, source: Any, batch_size: int = 8, device: str | torch.device | None = None,
             channels: str = "BGR", threshold: float = 0.5) -> SegmentationPrediction | ImagesSegmentationPrediction:
     """Segment ``source`` with ``model`` (see :meth:`SegmentationPredictMixin.predict`)."""
-    channels = channels.upper()
-    if channels not in ("BGR", "RGB"):
-        raise ValueError(f"channels must be 'BGR' or 'RGB', got {channels!r}.")
-    items, single = _collect(source, channels)
+    items, single = collect_images(source, channels.upper())
     params = processing_params(model)
     rescaler = _rescaler(params)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -322,46 +243,9 @@ def load_model_for_prediction(checkpoint: str | Path | Mapping[str, Any], device
 
     ``checkpoint``: the file, or its already loaded dict (``super_recipes.engine.checkpoints.load_checkpoint``).
     """
-    from super_recipes import models
-    from super_recipes.engine.checkpoints import load_checkpoint
-
-    where = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "the checkpoint"
-    state = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
-    recipe = checkpoint_recipe(state, where)
-    model = models.get(recipe["architecture"], arch_params=recipe.get("arch_params") or {})
-    weights = state["ema_net"] if use_ema and state.get("ema_net") else state.get("net")
-    if not weights:
-        raise RecipeError(f"Checkpoint {where} holds no weights ('net').")
-    # DDP and torch.compile wrappers prefix the names; the bare model has neither.
-    weights = {re.sub(r"^((module|_orig_mod)\.)+", "", key): value for key, value in weights.items()}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise RecipeError(f"Checkpoint {where} does not fit its recipe's model '{recipe['architecture']}': "
-                          f"{str(err).splitlines()[0]}") from None
-    params = processing_params_from_recipe(recipe)
-    if hasattr(model, "set_dataset_processing_params"):
-        model.set_dataset_processing_params(**params)
-    else:
-        model.processing_params = params
+    model, recipe = model_from_checkpoint(checkpoint, use_ema)
+    set_processing_params(model, processing_params_from_recipe(recipe))
     return model.to(device).eval()
-
-
-def checkpoint_recipe(state: Mapping[str, Any], where: str = "the checkpoint") -> dict[str, Any]:
-    """The resolved recipe a checkpoint carries, as plain containers, with its ``imports`` imported (they may
-    register the model); a RecipeError naming ``where`` when it has none."""
-    from omegaconf import OmegaConf
-
-    from super_recipes.config.compose import import_user_modules
-
-    if not state.get("recipe"):
-        raise RecipeError(f"Checkpoint {where} carries no recipe: rebuild the model with models.get(...) and load "
-                          "the weights with checkpoint_path=.")
-    recipe = OmegaConf.to_container(OmegaConf.create(state["recipe"]), resolve=True)
-    if not isinstance(recipe, dict) or not recipe.get("architecture"):
-        raise RecipeError(f"The recipe in checkpoint {where} names no architecture.")
-    import_user_modules(recipe)
-    return recipe
 
 
 def processing_params_from_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
