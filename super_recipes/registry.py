@@ -220,6 +220,8 @@ LR_FUNCTIONS = Registry("LR schedule function", ["super_recipes.schedules"], key
 COLLATE_FUNCTIONS = Registry("collate function", ["super_recipes.data.collate"])
 # Callables applied to model outputs or batches (``post_prediction_callback``, ``pre_prediction_callback``).
 PROCESSING = Registry("processing callable", key="processing")
+# Backbones, necks and heads a ``CustomizableDetector`` assembles from ``arch_params`` (detection task).
+DETECTION_MODULES = Registry("detection module", key="detection_modules")
 
 REGISTRIES: dict[str, Registry] = {
     "models": MODELS,
@@ -234,6 +236,7 @@ REGISTRIES: dict[str, Registry] = {
     "lr_functions": LR_FUNCTIONS,
     "collate_functions": COLLATE_FUNCTIONS,
     "processing": PROCESSING,
+    "detection_modules": DETECTION_MODULES,
 }
 
 register_model = MODELS.register
@@ -248,6 +251,7 @@ register_lr_schedule = LR_SCHEDULES.register
 register_lr_function = LR_FUNCTIONS.register
 register_collate_function = COLLATE_FUNCTIONS.register
 register_processing = PROCESSING.register
+register_detection_module = DETECTION_MODULES.register
 
 
 def split_spec(spec: Any, registry: Registry, where: str = "") -> tuple[Any, dict[str, Any]]:

@@ -112,6 +112,17 @@ def _one_step(name: str, tmp_path, extra: list[str] = ()) -> dict:
     return run_recipe(cfg, source)
 
 
+# Per COCO recipe family (longest prefix first): the smallest size at a small input keeps two steps affordable.
+COCO_SMALL_RUN: dict[str, list[str]] = {
+    "coco2017_yolox": ["dataset_params.train_dataset_params.input_dim=[160,160]",
+                       "dataset_params.val_dataset_params.input_dim=[160,160]", "architecture=yolox_n"],
+    "coco2017_ppyoloe": [],
+    "coco2017_yolo_nas": [],
+    "coco2017_ssd_lite": [],
+}
+VOC_SMALL_RUN: list[str] = []
+
+
 def _data_overrides(name: str, tmp_path) -> list[str]:
     """Point a recipe at small real data, as a user points it at their copy (CIFAR pickles, COCO images)."""
     from tests.conftest import write_cifar10
@@ -123,10 +134,16 @@ def _data_overrides(name: str, tmp_path) -> list[str]:
     if "coco2017" in name:
         if not (TINYCOCO / "annotations").is_dir():
             pytest.skip(f"the real COCO subset is not at {TINYCOCO} (set TINYCOCO_DIR)")
-        return [*coco_data_overrides(TINYCOCO), "dataset_params.train_dataset_params.input_dim=[160,160]",
-                "dataset_params.val_dataset_params.input_dim=[160,160]", "architecture=yolox_n",
-                "training_hyperparams.lr_warmup_epochs=0", "training_hyperparams.lr_cooldown_epochs=0",
-                "training_hyperparams.mixed_precision=false"]
+        family = next(prefix for prefix in COCO_SMALL_RUN if name.startswith(prefix))
+        return [*coco_data_overrides(TINYCOCO), "training_hyperparams.lr_warmup_epochs=0",
+                "training_hyperparams.lr_cooldown_epochs=0", "training_hyperparams.mixed_precision=false",
+                *COCO_SMALL_RUN[family]]
+    if name.startswith("voc"):
+        from tests.test_voc_detection import write_voc_detection
+
+        root = write_voc_detection(tmp_path / "voc")
+        return [f"dataset_params.train_dataset_params.data_dir={root}",
+                f"dataset_params.val_dataset_params.data_dir={root}", *VOC_SMALL_RUN]
     if name.startswith("cityscapes_"):
         # Real-format Cityscapes frames (16x32) under the user's data folder; the published crops pad them. Batches
         # of 2 and one process keep two steps of the full-size models affordable on a CPU.
@@ -137,7 +154,7 @@ def _data_overrides(name: str, tmp_path) -> list[str]:
                 f"dataset_params.val_dataset_params.data_dir={tmp_path / 'cityscapes'}",
                 "batch_size=2", "val_batch_size=2", "multi_gpu=Off", "num_gpus=1",
                 "training_hyperparams.max_train_batches=2", "training_hyperparams.lr_warmup_epochs=0"]
-    if "yolox" in name:
+    if name.startswith("shapes_yolo"):
         return ["training_hyperparams.lr_warmup_steps=1", f"dataset_params.train_dataset_params.data_dir={tmp_path}/d",
                 f"dataset_params.val_dataset_params.data_dir={tmp_path}/d"]
     return []

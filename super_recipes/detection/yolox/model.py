@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from super_recipes.detection.predict import DetectionPredictMixin
+from super_recipes.detection.tracing import is_exporting
 from super_recipes.detection.yolox.blocks import PAFPN, ConvBNAct, CSPDarknet, conv_block
 from super_recipes.detection.yolox.postprocess import YoloXPostPredictionCallback
 from super_recipes.registry import register_model
@@ -44,14 +45,6 @@ YOLOX_SIZES: dict[str, tuple[float, float, bool]] = {
     "yolox_x": (1.33, 1.25, False),
 }
 _GRID_CACHE_SIZE = 8  # input sizes remembered; multi-scale evaluation uses a handful at most
-
-
-def is_exporting() -> bool:
-    """True while the model is being traced or exported, when only the decoded tensor should come out."""
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return True
-    exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
-    return bool(exporting is not None and exporting())
 
 
 class YoloXHead(nn.Module):

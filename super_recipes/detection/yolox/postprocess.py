@@ -10,70 +10,68 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchvision
 from torch import Tensor
 
+from super_recipes.detection.postprocessing import (
+    DetectionPostPredictionCallback,
+    NMS_Type,
+    check_post_processing_args,
+    select_detections,
+)
 from super_recipes.registry import register_processing
 
 __all__ = ["YoloXPostPredictionCallback"]
 
 
 @register_processing("YoloXPostPredictionCallback")
-class YoloXPostPredictionCallback:
+class YoloXPostPredictionCallback(DetectionPostPredictionCallback):
     """Confidence filter, top-k and NMS over a YOLOX eval output.
 
-    :param conf: keep boxes whose confidence (objectness x best class score, as YOLOX scores) is ``>= conf``.
+    :param conf: keep boxes whose confidence (objectness x class score, as YOLOX scores) is ``>= conf``.
     :param iou: NMS IoU threshold.
     :param max_predictions: most boxes kept per image, highest confidence first.
     :param nms_top_k: most candidates per image handed to NMS (its cost grows with their square).
     :param classagnostic_nms: suppress overlapping boxes across classes too (default: only within a class).
+    :param multi_label_per_box: report a box once per class whose confidence passes ``conf`` (default: its best
+        class only, as YOLOX evaluates).
+    :param nms_type: ``iterative`` or ``matrix`` (:mod:`super_recipes.detection.postprocessing`).
 
     Called on ``(decoded, raw)`` or ``decoded`` (``[B, N, C + 5]``: ``cx, cy, w, h`` pixels, objectness, class
     scores in [0, 1]); returns one float ``[K, 6]`` tensor per image: ``x1, y1, x2, y2, confidence, class``.
     """
 
     def __init__(self, conf: float = 0.001, iou: float = 0.6, max_predictions: int = 300, nms_top_k: int = 1000,
-                 classagnostic_nms: bool = False):
+                 classagnostic_nms: bool = False, multi_label_per_box: bool = False,
+                 nms_type: NMS_Type | str = NMS_Type.ITERATIVE):
+        super().__init__()
+        self.nms_type = check_post_processing_args(conf, iou, nms_type, nms_top_k, max_predictions)
         self.conf = conf
         self.iou = iou
         self.max_predictions = max_predictions
         self.nms_top_k = nms_top_k
         self.classagnostic_nms = classagnostic_nms
+        self.multi_label_per_box = multi_label_per_box
 
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(conf={self.conf}, iou={self.iou}, max_predictions={self.max_predictions}, "
-                f"nms_top_k={self.nms_top_k}, classagnostic_nms={self.classagnostic_nms})")
+    def extra_repr(self) -> str:
+        return (f"conf={self.conf}, iou={self.iou}, max_predictions={self.max_predictions}, "
+                f"nms_top_k={self.nms_top_k}, classagnostic_nms={self.classagnostic_nms}, "
+                f"multi_label_per_box={self.multi_label_per_box}, nms_type={self.nms_type.value!r}")
 
-    def __call__(self, outputs: Any) -> list[Tensor]:
+    @torch.no_grad()
+    def forward(self, outputs: Any, device: str | torch.device | None = None) -> list[Tensor]:
         decoded = outputs[0] if isinstance(outputs, tuple | list) else outputs
         if not isinstance(decoded, Tensor) or decoded.dim() != 3 or decoded.shape[-1] < 6:
             raise ValueError(
                 "YoloXPostPredictionCallback expects the eval-mode YOLOX output, (decoded, raw) or decoded "
                 f"[B, N, C + 5]; got {_describe(outputs)}. Is the model in train mode?"
             )
-        # NMS and pixel coordinates in float32, whatever precision the model ran in.
         decoded = decoded.float()
-        num_images, num_anchors = decoded.shape[:2]
-        if num_anchors == 0:
-            return [decoded.new_zeros((0, 6)) for _ in range(num_images)]
-        class_scores, classes = decoded[..., 5:].max(dim=-1)
-        scores = decoded[..., 4] * class_scores
-        # Top-k first (one batched op), then the threshold: the same rows as thresholding first.
-        top_scores, top_index = scores.topk(min(self.nms_top_k, num_anchors), dim=1)
-        top_boxes = _cxcywh_to_xyxy(decoded[..., :4].gather(1, top_index[..., None].expand(-1, -1, 4)))
-        top_classes = classes.gather(1, top_index)
-        passing = top_scores >= self.conf
-        results = []
-        for i in range(num_images):
-            keep = passing[i]
-            boxes, image_scores, labels = top_boxes[i][keep], top_scores[i][keep], top_classes[i][keep]
-            if self.classagnostic_nms:
-                kept = torchvision.ops.nms(boxes, image_scores, self.iou)
-            else:
-                kept = torchvision.ops.batched_nms(boxes, image_scores, labels, self.iou)
-            kept = kept[: self.max_predictions]
-            results.append(torch.cat((boxes[kept], image_scores[kept, None], labels[kept, None].float()), dim=1))
-        return results
+        scores = decoded[..., 4:5] * decoded[..., 5:]
+        detections = select_detections(
+            _cxcywh_to_xyxy(decoded[..., :4]), scores, score_threshold=self.conf, nms_threshold=self.iou,
+            nms_type=self.nms_type, multi_label_per_box=self.multi_label_per_box,
+            class_agnostic_nms=self.classagnostic_nms, nms_top_k=self.nms_top_k, max_predictions=self.max_predictions)
+        return [d.to(device) for d in detections] if device is not None else detections
 
 
 def _cxcywh_to_xyxy(boxes: Tensor) -> Tensor:

@@ -1,0 +1,145 @@
+"""Post-processing shared by the detector families: decoded boxes and class scores -> per-image detections.
+
+Serves the ``post_prediction_callback`` of detection metrics and callbacks through each family's callback
+(``PPYoloEPostPredictionCallback``, ``SSDPostPredictCallback``...), all built on :func:`select_detections`:
+
+* a score threshold, then the ``nms_top_k`` best candidates per image;
+* ``multi_label_per_box``: every class whose score passes the threshold makes a candidate of its own (one box can be
+  a "dog" at 0.6 and a "cat" at 0.3), else each box keeps only its best class;
+* ``nms_type``: ``iterative`` (greedy NMS, torchvision's kernel) or ``matrix`` (Matrix NMS, Wang et al., SOLOv2
+  2020: every score decays by its overlap with better-scored boxes in one matrix operation, nothing is removed
+  outright; torchvision has no such op, hence ours);
+* ``class_agnostic_nms``: suppress across classes too (default: only within a class);
+* at most ``max_predictions`` per image, best first.
+
+The result, per image, is a float ``[K, 6]`` tensor ``x1, y1, x2, y2, confidence, class`` in the input's pixels.
+:class:`DetectionPostPredictionCallback` is the base class users subclass for their own detectors.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from enum import Enum
+from typing import Any
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from super_recipes.errors import RecipeError
+
+__all__ = ["DetectionPostPredictionCallback", "NMS_Type", "matrix_nms", "select_detections"]
+
+MATRIX_NMS_KERNELS = ("gaussian", "linear")
+
+
+class NMS_Type(str, Enum):  # noqa: N801 - SuperGradients' name, which recipes and user code use
+    """Which suppression :func:`select_detections` applies: recipe values ``iterative`` or ``matrix``."""
+
+    ITERATIVE = "iterative"
+    MATRIX = "matrix"
+
+
+class DetectionPostPredictionCallback(nn.Module, ABC):
+    """Base class of post-prediction callbacks: ``forward(outputs, device=None)`` -> one ``[K, 6]`` tensor per
+    image (``x1, y1, x2, y2, confidence, class`` in input pixels). Subclass it for a detector of your own and pass
+    an instance as the metrics' ``post_prediction_callback``."""
+
+    @abstractmethod
+    def forward(self, outputs: Any, device: str | torch.device | None = None) -> list[Tensor]:
+        """Model output (eval or tracing mode) -> per-image detections, moved to ``device`` when given."""
+
+
+def _checked_nms_type(nms_type: NMS_Type | str) -> NMS_Type:
+    try:
+        return NMS_Type(str(getattr(nms_type, "value", nms_type)).lower())
+    except ValueError:
+        raise RecipeError(f"nms_type must be one of {[t.value for t in NMS_Type]}, got {nms_type!r}.") from None
+
+
+def check_post_processing_args(score_threshold: float, nms_threshold: float, nms_type: NMS_Type | str,
+                               nms_top_k: int, max_predictions: int, matrix_nms_kernel: str = "gaussian") -> NMS_Type:
+    """Refuse impossible post-processing settings when the callback is built (not at the first validation)."""
+    problems = []
+    if not 0.0 <= float(score_threshold) <= 1.0:
+        problems.append(f"score threshold must lie in [0, 1], got {score_threshold}")
+    if not 0.0 <= float(nms_threshold) <= 1.0:
+        problems.append(f"NMS IoU threshold must lie in [0, 1], got {nms_threshold}")
+    if int(nms_top_k) < 1 or int(max_predictions) < 1:
+        problems.append(f"nms_top_k and max_predictions must be >= 1, got {nms_top_k} and {max_predictions}")
+    if matrix_nms_kernel not in MATRIX_NMS_KERNELS:
+        problems.append(f"matrix_nms_kernel must be one of {MATRIX_NMS_KERNELS}, got {matrix_nms_kernel!r}")
+    if problems:
+        raise RecipeError("Detection post-processing: " + "; ".join(problems) + ".")
+    return _checked_nms_type(nms_type)
+
+
+def _candidates(boxes: Tensor, scores: Tensor, score_threshold: float, multi_label_per_box: bool,
+                nms_top_k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One image's ``(boxes [M, 4], scores [M], labels [M])`` passing the threshold, at most ``nms_top_k``."""
+    if multi_label_per_box:
+        flat = scores.flatten()
+        top = flat.topk(min(nms_top_k, flat.numel())).indices
+        top = top[flat[top] >= score_threshold]
+        num_classes = scores.shape[1]
+        return boxes[top // num_classes], flat[top], top % num_classes
+    best, labels = scores.max(dim=1)
+    top = best.topk(min(nms_top_k, best.numel())).indices
+    top = top[best[top] >= score_threshold]
+    return boxes[top], best[top], labels[top]
+
+
+def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor | None, kernel: str = "gaussian",
+               sigma: float = 2.0) -> Tensor:
+    """Matrix NMS: the decayed scores of boxes sorted by descending score (``labels`` None: across classes).
+
+    Box ``j``'s decay is ``min_i f(iou_ij) / f(c_i)`` over better boxes ``i`` of its class, ``c_i`` being box
+    ``i``'s own largest overlap with a better box; ``f(x) = exp(-sigma x^2)`` (gaussian) or ``1 - x`` (linear).
+    """
+    count = len(scores)
+    if count == 0:
+        return scores
+    iou = torchvision.ops.box_iou(boxes, boxes).triu(diagonal=1)
+    if labels is not None:
+        iou = iou * (labels[:, None] == labels[None, :])
+    compensation = iou.max(dim=0).values[:, None].expand(count, count)  # row i: c_i
+    if kernel == "gaussian":
+        decay = torch.exp(-sigma * (iou.square() - compensation.square()))
+    else:
+        decay = (1 - iou) / (1 - compensation).clamp_min(1e-6)
+    # Only better boxes (i < j) decay box j; elsewhere the factor is 1.
+    decay = torch.where(torch.ones_like(iou, dtype=torch.bool).triu(diagonal=1), decay, torch.ones_like(decay))
+    return scores * decay.min(dim=0).values.clamp(max=1.0)
+
+
+def select_detections(boxes: Tensor, scores: Tensor, *, score_threshold: float, nms_threshold: float,
+                      nms_type: NMS_Type | str = NMS_Type.ITERATIVE, multi_label_per_box: bool = True,
+                      class_agnostic_nms: bool = False, nms_top_k: int = 1000, max_predictions: int = 300,
+                      matrix_nms_kernel: str = "gaussian", matrix_nms_sigma: float = 2.0) -> list[Tensor]:
+    """Boxes ``[B, N, 4]`` (xyxy pixels) and class scores ``[B, N, C]`` in [0, 1] -> per image ``[K, 6]``.
+
+    See the module docstring. With matrix NMS, ``nms_threshold`` is not used; decayed scores are re-thresholded
+    at ``score_threshold``.
+    """
+    nms_type = _checked_nms_type(nms_type)
+    # NMS and pixel coordinates in float32, whatever precision the model ran in.
+    boxes, scores = boxes.float(), scores.float()
+    results = []
+    for image_boxes, image_scores in zip(boxes, scores, strict=True):
+        kept_boxes, kept_scores, kept_labels = _candidates(image_boxes, image_scores, score_threshold,
+                                                           multi_label_per_box, nms_top_k)
+        if nms_type is NMS_Type.MATRIX:
+            order = kept_scores.argsort(descending=True)
+            kept_boxes, kept_scores, kept_labels = kept_boxes[order], kept_scores[order], kept_labels[order]
+            decayed = matrix_nms(kept_boxes, kept_scores, None if class_agnostic_nms else kept_labels,
+                                 matrix_nms_kernel, matrix_nms_sigma)
+            order = decayed.argsort(descending=True)
+            keep = order[decayed[order] >= score_threshold]
+            kept_scores = decayed
+        elif class_agnostic_nms:
+            keep = torchvision.ops.nms(kept_boxes, kept_scores, nms_threshold)
+        else:
+            keep = torchvision.ops.batched_nms(kept_boxes, kept_scores, kept_labels, nms_threshold)
+        keep = keep[:max_predictions]
+        results.append(torch.cat((kept_boxes[keep], kept_scores[keep, None], kept_labels[keep, None].float()), dim=1))
+    return results
