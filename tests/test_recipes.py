@@ -116,11 +116,19 @@ def _one_step(name: str, tmp_path, extra: list[str] = ()) -> dict:
 COCO_SMALL_RUN: dict[str, list[str]] = {
     "coco2017_yolox": ["dataset_params.train_dataset_params.input_dim=[160,160]",
                        "dataset_params.val_dataset_params.input_dim=[160,160]", "architecture=yolox_n"],
-    "coco2017_ppyoloe": [],
+    "coco2017_ppyoloe": ["dataset_params.train_dataset_params.input_dim=[160,160]",
+                         "dataset_params.val_dataset_params.input_dim=[160,160]",
+                         "dataset_params.train_dataloader_params.collate_fn.PPYoloECollateFN.random_resize_sizes="
+                         "[128,160]", "architecture=ppyoloe_s", "training_hyperparams.lr_warmup_steps=1"],
     "coco2017_yolo_nas": [],
-    "coco2017_ssd_lite": [],
+    "coco2017_ssd_lite": ["dataset_params.train_dataset_params.input_dim=[160,160]",
+                          "dataset_params.val_dataset_params.input_dim=[160,160]"],
 }
-VOC_SMALL_RUN: list[str] = []
+# voc0712_yolox_s at 160 px, two real steps (07+12 trainval of the tiny VOCdevkit: 9 images), validated on 07 test.
+VOC_SMALL_RUN: list[str] = [
+    "dataset_params.train_dataset_params.input_dim=[160,160]", "dataset_params.val_dataset_params.input_dim=[160,160]",
+    "training_hyperparams.max_train_batches=2", "training_hyperparams.lr_warmup_epochs=0",
+    "training_hyperparams.lr_cooldown_epochs=0", "training_hyperparams.mixed_precision=false"]
 
 
 def _data_overrides(name: str, tmp_path) -> list[str]:

@@ -100,6 +100,15 @@ def boxes_from_targets(targets: Any, target_format: str, image_shape: tuple[int,
     return convert_boxes(boxes, box_format, "XYXY", image_shape), labels
 
 
+def targets_to_xyxy_label(targets: Any, target_format: str,
+                          image_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """``[N, 5]`` targets in ``target_format`` -> float32 ``[N, 5]`` ``XYXY_LABEL`` pixel targets (the layout a
+    dataset's ``_load_annotation`` hands to :class:`~super_recipes.detection.datasets.DetectionDataset`)."""
+    array = np.asarray(targets, dtype=np.float32).reshape(-1, 5)
+    boxes, labels = boxes_from_targets(array, target_format, image_shape)
+    return np.concatenate([np.asarray(boxes, np.float32), np.asarray(labels, np.float32)[:, None]], axis=1)
+
+
 def clip_boxes(boxes: np.ndarray, height: float, width: float) -> np.ndarray:
     """XYXY boxes clipped to the image ``[0, width] x [0, height]``."""
     out = boxes.astype(np.float32, copy=True).reshape(-1, 4)

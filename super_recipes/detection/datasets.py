@@ -59,6 +59,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     :param cache_annotations: keep every annotation in memory (else re-read in ``__getitem__``).
     :param output_format: target format when the transforms end without a ``to_item`` transform.
     :param class_inclusion_list: keep only these classes, renumbered ``0..K-1`` in this order.
+    :param all_classes_list: SuperGradients' name for ``class_names``.
 
     Subclasses whose ``__init__`` takes ``**kwargs`` expose the base arguments in their signature (minus those
     listed in ``_supplied_args``, which they pass themselves), so recipe typos are named and refused.
@@ -74,7 +75,12 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __init__(self, data_dir: str, input_dim: list[int] | None = None, transforms: Any = None,
                  class_names: list[str] | None = None, ignore_empty_annotations: bool = True,
                  max_num_samples: int | None = None, cache_annotations: bool = True,
-                 output_format: str = "LABEL_CXCYWH", class_inclusion_list: list[str] | None = None):
+                 output_format: str = "LABEL_CXCYWH", class_inclusion_list: list[str] | None = None,
+                 all_classes_list: list[str] | None = None):
+        if all_classes_list is not None and class_names is not None and list(all_classes_list) != list(class_names):
+            raise RecipeError(f"{type(self).__name__}: all_classes_list and class_names name different classes; give "
+                              "one of them.")
+        class_names = class_names if class_names is not None else all_classes_list  # SuperGradients' name
         self.data_dir = Path(data_dir).expanduser()
         self.input_dim = tuple(int(v) for v in input_dim) if input_dim is not None else None
         self.transforms: list[Any] = build_detection_transforms(transforms)
@@ -83,6 +89,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.max_num_samples = max_num_samples
         self.cache_annotations = bool(cache_annotations)
         self.output_format = _checked_format(output_format)
+        self.input_format = _annotation_format(self.transforms)
         self._dropped: dict[str, int] = {}
         self._warned_lazily = False
         num_available = int(self._setup_data_source())
@@ -101,7 +108,9 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def _load_annotation(self, sample_id: int) -> dict[str, Any]:
         """Raw sample ``sample_id``: ``img_path``, ``target`` ``[N, 5]`` (x1, y1, x2, y2, label; pixels), and
-        optionally ``crowd_target`` ``[M, 5]``, ``image_id`` (default: ``sample_id``), ``original_shape`` (h, w)."""
+        optionally ``crowd_target`` ``[M, 5]``, ``image_id`` (default: ``sample_id``), ``original_shape`` (h, w).
+        A ``DetectionTargetsFormatTransform(input_format=...)`` among the transforms names another layout for
+        ``target`` / ``crowd_target`` (``XYWH_LABEL``, ``LABEL_NORMALIZED_CXCYWH``...), converted on loading."""
         raise NotImplementedError
 
     # -- public API ---------------------------------------------------------------------------------------------
@@ -200,11 +209,23 @@ class DetectionDataset(torch.utils.data.Dataset):
             raise RecipeError(f"{what} must return a dict with at least 'img_path' and 'target'.")
         path, shape = str(raw["img_path"]), raw.get("original_shape")
         shape = (int(shape[0]), int(shape[1])) if shape is not None else None
-        target, crowd = (self._clean_boxes(self._remap(_as_targets(raw.get(key), f"{what}['{key}']"), path),
-                                           shape, path) for key in ("target", "crowd_target"))
+        target, crowd = (self._clean_boxes(self._remap(self._to_xyxy_label(
+            _as_targets(raw.get(key), f"{what}['{key}']"), path, shape), path), shape, path)
+            for key in ("target", "crowd_target"))
         image_id = raw.get("image_id")
         return {"img_path": path, "target": target, "crowd_target": crowd, "original_shape": shape,
                 "image_id": sample_id if image_id is None else int(image_id)}
+
+    def _to_xyxy_label(self, target: np.ndarray, path: str, shape: tuple[int, int] | None) -> np.ndarray:
+        """Raw targets in ``self.input_format`` (a DetectionTargetsFormatTransform's ``input_format``) ->
+        ``XYXY_LABEL`` pixels, the layout everything below and every transform works in."""
+        if self.input_format == "XYXY_LABEL" or not len(target):
+            return target
+        from super_recipes.detection.box_formats import targets_to_xyxy_label
+
+        if shape is None and "NORMALIZED" in self.input_format:
+            shape = load_image(path).shape[:2]  # normalised annotations without a size: the image on disk has it
+        return targets_to_xyxy_label(target, self.input_format, shape)
 
     def _remap(self, target: np.ndarray, path: str) -> np.ndarray:
         labels = target[:, 4].astype(np.int64)
@@ -236,6 +257,15 @@ class DetectionDataset(torch.utils.data.Dataset):
             "%s: dropped %d degenerate box(es) (side <= %g px after clipping to the image) in %d file(s): %s%s",
             type(self).__name__, sum(self._dropped.values()), MIN_BOX_SIDE, len(files), ", ".join(files[:5]), more)
         self._dropped.clear()
+
+
+def _annotation_format(transforms: list[Any]) -> str:
+    from super_recipes.detection.transforms import annotation_input_format
+
+    try:
+        return annotation_input_format(transforms)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
 
 
 def _checked_format(output_format: str) -> str:

@@ -50,11 +50,13 @@ from super_recipes.registry import register_transform
 __all__ = [
     "TARGET_FORMATS", "DetectionHSV", "DetectionHorizontalFlip", "DetectionLongestMaxSize", "DetectionMixup",
     "DetectionMosaic", "DetectionPadIfNeeded", "DetectionPaddedRescale", "DetectionRandomAffine",
-    "DetectionStandardize", "DetectionTargetsFormatTransform", "DetectionVerticalFlip", "boxes_from_targets",
-    "convert_boxes", "sample_to_item", "targets_from_boxes",
+    "DetectionStandardize", "DetectionTargetsFormatTransform", "DetectionVerticalFlip", "annotation_input_format",
+    "boxes_from_targets", "convert_boxes", "sample_to_item", "targets_from_boxes",
 ]
 
 DEFAULT_OUTPUT_FORMAT = "LABEL_CXCYWH"
+# What DetectionDataset._load_annotation returns unless a DetectionTargetsFormatTransform names another.
+DEFAULT_INPUT_FORMAT = "XYXY_LABEL"
 
 
 def _rescaled(sample: DetectionSample, ratio: float, canvas_hw: tuple[int, int] | None = None,
@@ -162,19 +164,28 @@ class DetectionStandardize:
 
 @register_transform
 class DetectionTargetsFormatTransform:
-    """Chooses the format of the item's targets; the sample passes through unchanged.
+    """Chooses the format of the item's targets (``output_format``) and names the format the dataset's
+    ``_load_annotation`` writes its ``target`` in (``input_format``); the sample passes through unchanged.
 
-    Serves ``transforms: [..., {DetectionTargetsFormatTransform: {output_format: LABEL_CXCYWH}}]`` as the last
-    transform: the dataset reads its ``output_format`` and converts the final sample with
-    :func:`sample_to_item` (or :meth:`to_item`). Formats: see
-    :mod:`super_recipes.detection.box_formats` (``LABEL_CXCYWH``, ``XYXY_LABEL``, ``LABEL_XYXY``,
-    ``CXCYWH_LABEL``, ``LABEL_NORMALIZED_CXCYWH``, ``XYWH_LABEL``...). Normalised formats divide by the final
-    image's size; ``input_dim`` is accepted for SuperGradients recipes and only checked against that size.
+    Serves ``transforms: [..., {DetectionTargetsFormatTransform: {input_format: XYWH_LABEL, output_format:
+    LABEL_CXCYWH}}]`` as the last transform. ``output_format``: the dataset converts the final sample with
+    :func:`sample_to_item` (or :meth:`to_item`). ``input_format`` (default ``XYXY_LABEL``, what every built-in
+    dataset writes): :class:`~super_recipes.detection.datasets.DetectionDataset` reads it from its transforms
+    (:func:`annotation_input_format`) and converts each raw ``target`` / ``crowd_target`` to ``XYXY_LABEL``
+    pixels when it loads them, before any transform runs, so the augmentations always see pixel corners.
+    Formats: the :class:`~super_recipes.detection.targets_format.DetectionTargetsFormat` names or their strings
+    (``LABEL_CXCYWH``, ``XYXY_LABEL``, ``LABEL_NORMALIZED_CXCYWH``, ``XYWH_LABEL``...; see
+    :mod:`super_recipes.detection.box_formats`). Normalised output formats divide by the final image's size,
+    normalised input formats by the image on disk; ``input_dim`` is accepted for SuperGradients recipes and only
+    checked against the final size.
     """
 
-    def __init__(self, output_format: str = DEFAULT_OUTPUT_FORMAT, input_dim: int | Sequence[int] | None = None):
-        split_target_format(output_format)  # refuse unknown formats when the recipe is built
+    def __init__(self, output_format: str = DEFAULT_OUTPUT_FORMAT, input_dim: int | Sequence[int] | None = None,
+                 input_format: str = DEFAULT_INPUT_FORMAT):
+        for value in (output_format, input_format):
+            split_target_format(value)  # refuse unknown formats when the recipe is built
         self.output_format = str(output_format).upper()
+        self.input_format = str(input_format).upper()
         self.input_dim = None if input_dim is None else as_hw(input_dim)
 
     def __call__(self, sample: DetectionSample) -> DetectionSample:
@@ -185,6 +196,16 @@ class DetectionTargetsFormatTransform:
 
     def to_item(self, sample: DetectionSample) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
         return sample_to_item(sample, self.output_format)
+
+
+def annotation_input_format(transforms: Sequence[Any]) -> str:
+    """The format a dataset's raw annotations are in: the ``input_format`` of its
+    :class:`DetectionTargetsFormatTransform` (``XYXY_LABEL`` without one)."""
+    formats = {str(t.input_format).upper() for t in transforms if isinstance(t, DetectionTargetsFormatTransform)}
+    if len(formats) > 1:
+        raise ValueError(f"The DetectionTargetsFormatTransforms of one dataset name different input formats "
+                         f"{sorted(formats)}: the annotations are in one format.")
+    return formats.pop() if formats else DEFAULT_INPUT_FORMAT
 
 
 def sample_to_item(sample: DetectionSample,
