@@ -74,7 +74,9 @@ def dfl_head_outputs(cls_logits: Sequence[Tensor], reg_distri: Sequence[Tensor],
     :param reg_distri: per level ``[B, 4 * (reg_max + 1), h, w]`` distance logits, grouped by side.
     """
     sizes = [tuple(level.shape[-2:]) for level in cls_logits]
-    scores = torch.cat([level.flatten(2) for level in cls_logits], dim=2).permute(0, 2, 1).sigmoid()
+    # Sigmoid in float32: in fp16 any logit above ~7.6 rounds to exactly 1, and the probability-based losses
+    # would then hit their log clamps.
+    scores = torch.cat([level.flatten(2) for level in cls_logits], dim=2).permute(0, 2, 1).float().sigmoid()
     distri = torch.cat([level.flatten(2) for level in reg_distri], dim=2).permute(0, 2, 1)
     # Anchors in at least float32: pixel coordinates of large inputs must stay exact under fp16 autocast.
     dtype = torch.promote_types(distri.dtype, torch.float32)
