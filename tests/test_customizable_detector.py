@@ -18,7 +18,8 @@ from super_recipes.registry import DETECTION_MODULES, register_detection_module
 class TinyBackbone(nn.Module):
     def __init__(self, in_channels: int, width: int = 8):
         super().__init__()
-        self.stage1 = nn.Sequential(nn.Conv2d(in_channels, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stage1 = nn.Sequential(nn.Conv2d(in_channels, width, 3, 2, 1), nn.BatchNorm2d(width),
+                                    nn.ReLU(inplace=True))
         self.stage2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1), nn.BatchNorm2d(2 * width), nn.ReLU())
         self.out_channels = [width, 2 * width]
 

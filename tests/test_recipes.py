@@ -120,7 +120,9 @@ COCO_SMALL_RUN: dict[str, list[str]] = {
                          "dataset_params.val_dataset_params.input_dim=[160,160]",
                          "dataset_params.train_dataloader_params.collate_fn.PPYoloECollateFN.random_resize_sizes="
                          "[128,160]", "architecture=ppyoloe_s", "training_hyperparams.lr_warmup_steps=1"],
-    "coco2017_yolo_nas": [],
+    "coco2017_yolo_nas": ["dataset_params.train_dataset_params.input_dim=[160,160]",
+                          "dataset_params.val_dataset_params.input_dim=[160,160]", "architecture=yolo_nas_s",
+                          "training_hyperparams.lr_warmup_steps=1"],
     "coco2017_ssd_lite": ["dataset_params.train_dataset_params.input_dim=[160,160]",
                           "dataset_params.val_dataset_params.input_dim=[160,160]"],
 }
