@@ -5,9 +5,9 @@ architecture: CustomizableDetector
 arch_params:
   num_classes: 80
   in_channels: 3
-  backbone: {SSDLiteMobileNetV2Backbone: {width_mult: 1.0}}
-  neck: null                                  # optional
-  heads: {SSDHead: {num_default_boxes: [4, 6, 6, 6, 4, 4]}}
+  backbone: {CSPResNetBackbone: {depth_mult: 0.33, width_mult: 0.50}}
+  neck: {PPYoloECSPPAN: {depth_mult: 0.33, width_mult: 0.50}}   # optional: null feeds the backbone's maps
+  heads: {PPYoloEHead: {reg_max: 16}}
 ```
 
 Each part is a name registered with ``@register_detection_module`` (a one-key mapping with its arguments, a

@@ -2,9 +2,12 @@
 
 REGISTRY_MODULES = {
     "models": ["super_recipes.detection.yolox.model", "super_recipes.detection.customizable",
-               "super_recipes.detection.ppyoloe.model"],
-    "detection_modules": ["super_recipes.detection.ppyoloe.model"],
-    "losses": ["super_recipes.detection.yolox.loss", "super_recipes.detection.ppyoloe.loss"],
+               "super_recipes.detection.ppyoloe.model", "super_recipes.detection.yolo_nas.model",
+               "super_recipes.detection.ssd.model"],
+    "detection_modules": ["super_recipes.detection.ppyoloe.model", "super_recipes.detection.yolo_nas.model",
+                          "super_recipes.detection.ssd.model"],
+    "losses": ["super_recipes.detection.yolox.loss", "super_recipes.detection.ppyoloe.loss",
+               "super_recipes.detection.ssd.loss"],
     "metrics": ["super_recipes.detection.metrics"],
     "callbacks": ["super_recipes.detection.coco_evaluation", "super_recipes.detection.visualization",
                   "super_recipes.detection.yolox.stage_switch", "super_recipes.detection.ppyoloe.stage_switch"],
@@ -15,5 +18,6 @@ REGISTRY_MODULES = {
                    "super_recipes.detection.mixing"],
     "collate_functions": ["super_recipes.detection.collate", "super_recipes.detection.ppyoloe.collate"],
     "processing": ["super_recipes.detection.yolox.postprocess", "super_recipes.detection.multiscale",
-                   "super_recipes.detection.postprocessing", "super_recipes.detection.ppyoloe.postprocess"],
+                   "super_recipes.detection.postprocessing", "super_recipes.detection.ppyoloe.postprocess",
+                   "super_recipes.detection.ssd.postprocess"],
 }
