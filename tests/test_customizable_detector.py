@@ -131,3 +131,49 @@ def test_bad_parts_are_named():
         CustomizableDetector(backbone=nn.Conv2d(3, 4, 3), heads="TinyDFLHead", num_classes=2)
     with pytest.raises(RecipeError, match="width_multiplier"):
         CustomizableDetector(backbone={"TinyBackbone": {"width_multiplier": 2}}, heads="TinyDFLHead", num_classes=2)
+
+
+class ResNet18Backbone(nn.Module):
+    """The README's example part: torchvision's ResNet-18, feature maps at strides 8, 16 and 32."""
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.resnet18()
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2)
+        self.layer3, self.layer4 = net.layer3, net.layer4
+        self.out_channels = [128, 256, 512]
+
+    def forward(self, x):
+        c3 = self.stem(x)
+        c4 = self.layer3(c3)
+        return [c3, c4, self.layer4(c4)]
+
+
+def test_a_detector_of_registered_parts_trains_in_the_loop(tmp_path):
+    """The README's custom detector: a user backbone with PP-YOLOE's neck and head, trained by the unchanged
+    Trainer with PPYoloELoss, validated by DetectionMetrics through the head's post-processing."""
+    from super_recipes import Trainer, dataloaders
+
+    if "ResNet18Backbone" not in DETECTION_MODULES:
+        register_detection_module(ResNet18Backbone)
+    model = models.get("CustomizableDetector", num_classes=4, arch_params={
+        "backbone": "ResNet18Backbone", "neck": {"PPYoloECSPPAN": {"depth_mult": 0.33, "width_mult": 0.25}},
+        "heads": {"PPYoloEHead": {"reg_max": 16}}, "bn_eps": 1e-3})
+    assert all(m.eps == 1e-3 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    data = str(tmp_path / "data")
+    train = dataloaders.get("shapes_detection_train", dataset_params={"data_dir": data, "num_images": 8},
+                            dataloader_params={"batch_size": 4, "num_workers": 0})
+    valid = dataloaders.get("shapes_detection_val", dataset_params={"data_dir": data, "num_images": 4},
+                            dataloader_params={"batch_size": 4, "num_workers": 0})
+    record = Trainer("custom", tmp_path, device="cpu").train(
+        model=model, train_loader=train, valid_loader=valid,
+        training_params={
+            "max_epochs": 1, "loss": "PPYoloELoss", "criterion_params": {"num_classes": 4},
+            "optimizer": "AdamW", "initial_lr": 1e-3, "silent_mode": True, "metric_to_watch": "mAP@0.50",
+            "valid_metrics_list": [{"DetectionMetrics_050": {
+                "num_cls": 4, "post_prediction_callback": model.get_post_prediction_callback(conf=0.01, iou=0.6)}}]})
+    for key in ("train/cls", "train/iou", "train/dfl", "train/total", "valid/mAP@0.50"):
+        assert key in record and torch.isfinite(torch.tensor(record[key])), key
