@@ -1,6 +1,6 @@
 """Final validation figure and wall time of the shipped offline recipes: the numbers README.md and the recipe
 headers quote (``shapes_resnet``: validation accuracy; ``shapes_yolox``: validation mAP@0.50;
-``shapes_segmentation``: validation mIoU).
+``shapes_segmentation``: validation mIoU; ``shapes_yolo_nas_s``: validation mAP@0.50).
 
     python benchmarks/recipe_results.py                                  # both recipes, as shipped
     python benchmarks/recipe_results.py --recipes shapes_yolox           # one of them
@@ -32,6 +32,7 @@ RECIPES = {
     "shapes_resnet": ("valid/Accuracy", "val accuracy", lambda v: f"{100 * v:.1f}%"),
     "shapes_yolox": ("valid/mAP@0.50", "val mAP@0.50", lambda v: f"{v:.3f}"),
     "shapes_segmentation": ("valid/IoU", "val mIoU", lambda v: f"{v:.3f}"),
+    "shapes_yolo_nas_s": ("valid/mAP@0.50", "val mAP@0.50", lambda v: f"{v:.3f}"),
 }
 # --quick: one epoch of 2 training batches (and 2 validation batches); warmup shortened to fit shapes_yolox
 QUICK = {
@@ -41,6 +42,8 @@ QUICK = {
                      "training_hyperparams.lr_warmup_steps=1"],
     "shapes_segmentation": ["epochs=1", "training_hyperparams.max_train_batches=2",
                             "training_hyperparams.max_valid_batches=2"],
+    "shapes_yolo_nas_s": ["epochs=1", "training_hyperparams.max_train_batches=2",
+                          "training_hyperparams.max_valid_batches=2", "training_hyperparams.lr_warmup_steps=1"],
 }
 
 

@@ -1,0 +1,1 @@
+"""YOLO-NAS detectors: QARepVGG blocks, YOLO-NAS backbone/neck, NDFL heads; trained with PPYoloELoss."""
