@@ -128,11 +128,3 @@ class CustomizableDetector(DetectionPredictMixin, nn.Module):
     def prep_model_for_conversion(self, input_size: Sequence[int] | None = None, **kwargs: Any) -> None:
         """Fold re-parameterisable blocks into single convolutions for inference and export (irreversible)."""
         fuse_reparameterizable_blocks(self)
-
-    def set_dataset_processing_params(self, **kwargs: Any) -> None:
-        """Remember how inputs are prepared (class names, preprocessing...) for ``predict``; merged into
-        ``processing_params``, and ``class_names`` also set as an attribute."""
-        self.processing_params.update(kwargs)
-        if "class_names" in kwargs:
-            names = kwargs["class_names"]
-            self.class_names = list(names) if names is not None else None

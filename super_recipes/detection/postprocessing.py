@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from super_recipes.errors import RecipeError
 
-__all__ = ["DetectionPostPredictionCallback", "NMS_Type", "matrix_nms", "select_detections"]
+__all__ = ["DetectionPostPredictionCallback", "NMS_Type", "describe_outputs", "matrix_nms", "select_detections"]
 
 MATRIX_NMS_KERNELS = ("gaussian", "linear")
 
@@ -48,6 +48,15 @@ class DetectionPostPredictionCallback(nn.Module, ABC):
     @abstractmethod
     def forward(self, outputs: Any, device: str | torch.device | None = None) -> list[Tensor]:
         """Model output (eval or tracing mode) -> per-image detections, moved to ``device`` when given."""
+
+
+def describe_outputs(outputs: Any) -> str:
+    """What a model returned, in words (tensor shapes, nesting), for errors about the wrong output mode."""
+    if isinstance(outputs, Tensor):
+        return f"a tensor of shape {tuple(outputs.shape)}"
+    if isinstance(outputs, tuple | list):
+        return f"a {type(outputs).__name__} of {[describe_outputs(o) for o in outputs]}"
+    return type(outputs).__name__
 
 
 def _checked_nms_type(nms_type: NMS_Type | str) -> NMS_Type:

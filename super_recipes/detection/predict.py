@@ -171,6 +171,14 @@ class DetectionPredictMixin:
         return predict(self, source, conf=conf, iou=iou, max_predictions=max_predictions,  # type: ignore[arg-type]
                        batch_size=batch_size, device=device)
 
+    def set_dataset_processing_params(self, **kwargs: Any) -> None:
+        """Remember how inputs are prepared (class names, preprocessing...) for ``predict``; merged into
+        ``processing_params``, and ``class_names`` also set as an attribute."""
+        self.processing_params.update(kwargs)  # type: ignore[attr-defined]
+        if "class_names" in kwargs:
+            names = kwargs["class_names"]
+            self.class_names = list(names) if names is not None else None
+
 
 def load_model_for_prediction(checkpoint_path: str | Path, device: str | torch.device = "cpu",
                               use_ema: bool = True) -> torch.nn.Module:

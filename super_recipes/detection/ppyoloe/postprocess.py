@@ -24,6 +24,7 @@ from super_recipes.detection.postprocessing import (
     DetectionPostPredictionCallback,
     NMS_Type,
     check_post_processing_args,
+    describe_outputs,
     select_detections,
 )
 from super_recipes.registry import register_processing
@@ -40,7 +41,7 @@ def decoded_boxes_and_scores(outputs: Any, who: str) -> tuple[Tensor, Tensor]:
             and candidate[0].dim() == 3 and candidate[0].shape[-1] == 4):
         return candidate[0], candidate[1]
     raise ValueError(f"{who} expects the eval output ((pred_bboxes, pred_scores), raw) or the tracing output "
-                     f"(pred_bboxes, pred_scores) of a PP-YOLOE / YOLO-NAS model; got {_describe(outputs)}. "
+                     f"(pred_bboxes, pred_scores) of a PP-YOLOE / YOLO-NAS model; got {describe_outputs(outputs)}. "
                      "Is the model in train mode?")
 
 
@@ -83,10 +84,3 @@ class PPYoloEPostPredictionCallback(DetectionPostPredictionCallback):
             max_predictions=self.max_predictions)
         return [d.to(device) for d in detections] if device is not None else detections
 
-
-def _describe(outputs: Any) -> str:
-    if isinstance(outputs, Tensor):
-        return f"a tensor of shape {tuple(outputs.shape)}"
-    if isinstance(outputs, tuple | list):
-        return f"a {type(outputs).__name__} of {[_describe(o) for o in outputs]}"
-    return type(outputs).__name__

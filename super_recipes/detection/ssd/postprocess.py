@@ -24,6 +24,7 @@ from super_recipes.detection.postprocessing import (
     DetectionPostPredictionCallback,
     NMS_Type,
     check_post_processing_args,
+    describe_outputs,
     select_detections,
 )
 from super_recipes.detection.ssd.anchors import cxcywh_to_xyxy
@@ -74,7 +75,7 @@ class SSDPostPredictCallback(DetectionPostPredictionCallback):
         if not isinstance(decoded, Tensor) or decoded.dim() != 3 or decoded.shape[-1] < 6:
             raise RecipeError(
                 "SSDPostPredictCallback expects the eval-mode SSD output, (decoded, raw) or decoded [B, A, 5 + C]; "
-                f"got {_describe(outputs)}. Is the model in train mode?"
+                f"got {describe_outputs(outputs)}. Is the model in train mode?"
             )
         boxes = cxcywh_to_xyxy(decoded[..., :4].float())
         detections = select_detections(
@@ -89,10 +90,3 @@ class SSDPostPredictCallback(DetectionPostPredictionCallback):
             detections = [rows.to(device) for rows in detections]
         return detections
 
-
-def _describe(outputs: Any) -> str:
-    if isinstance(outputs, Tensor):
-        return f"a tensor of shape {tuple(outputs.shape)}"
-    if isinstance(outputs, tuple | list):
-        return f"a {type(outputs).__name__} of {[_describe(o) for o in outputs]}"
-    return type(outputs).__name__

@@ -161,14 +161,6 @@ class YoloX(DetectionPredictMixin, nn.Module):
         return YoloXPostPredictionCallback(conf=conf, iou=iou, max_predictions=max_predictions,
                                            nms_top_k=nms_top_k, classagnostic_nms=classagnostic_nms)
 
-    def set_dataset_processing_params(self, **kwargs: Any) -> None:
-        """Remember how inputs are prepared (class names, preprocessing...) for ``predict``; merged into
-        ``processing_params``, and ``class_names`` also set as an attribute."""
-        self.processing_params.update(kwargs)
-        if "class_names" in kwargs:
-            names = kwargs["class_names"]
-            self.class_names = list(names) if names is not None else None
-
 
 def _build(name: str, num_classes: int, in_channels: int) -> YoloX:
     depth, width, depthwise = YOLOX_SIZES[name]

@@ -16,6 +16,7 @@ from super_recipes.detection.postprocessing import (
     DetectionPostPredictionCallback,
     NMS_Type,
     check_post_processing_args,
+    describe_outputs,
     select_detections,
 )
 from super_recipes.registry import register_processing
@@ -63,7 +64,7 @@ class YoloXPostPredictionCallback(DetectionPostPredictionCallback):
         if not isinstance(decoded, Tensor) or decoded.dim() != 3 or decoded.shape[-1] < 6:
             raise ValueError(
                 "YoloXPostPredictionCallback expects the eval-mode YOLOX output, (decoded, raw) or decoded "
-                f"[B, N, C + 5]; got {_describe(outputs)}. Is the model in train mode?"
+                f"[B, N, C + 5]; got {describe_outputs(outputs)}. Is the model in train mode?"
             )
         decoded = decoded.float()
         scores = decoded[..., 4:5] * decoded[..., 5:]
@@ -78,10 +79,3 @@ def _cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     center, size = boxes[..., :2], boxes[..., 2:]
     return torch.cat((center - size / 2, center + size / 2), dim=-1)
 
-
-def _describe(outputs: Any) -> str:
-    if isinstance(outputs, Tensor):
-        return f"a tensor of shape {tuple(outputs.shape)}"
-    if isinstance(outputs, tuple | list):
-        return f"a {type(outputs).__name__} of {[_describe(o) for o in outputs]}"
-    return type(outputs).__name__
