@@ -1,0 +1,160 @@
+"""The classification zoo in one table: ``python -m super_recipes.models [NAME ...] [--csv FILE]``.
+
+For every registered classification architecture (recipe key ``architecture``): its parameters and GFLOPs at its
+default resolution (counted on the ``meta`` device, so nothing is allocated or computed; GFLOPs are
+multiply-adds, the unit papers and torchvision's model tables use), the ``pretrained_weights`` values that resolve
+for it, and the published ImageNet top-1 of each.
+
+Weights and accuracies of the torchvision families come from torchvision's own weight enums (the tag, ``V1`` or
+``V2``, matters: torchvision's V2 recipes score higher than the 1.x guide's figures, which were measured with
+other recipes). Architectures of our own carry their published figure in :data:`PUBLISHED`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["PUBLISHED", "ZooRow", "zoo_rows"]
+
+# name -> (default resolution, published top-1 %, where it was published) for architectures torchvision has no
+# weight enum for. Resolutions are the published evaluation sizes.
+PUBLISHED: dict[str, tuple[int, float | None, str]] = {
+    "resnet_tiny_cifar": (32, None, "no published figure (our smallest CIFAR ResNet)"),
+    "resnet18_cifar": (32, 94.9, "CIFAR-10, recipe cifar10_resnet (SuperGradients 1.x table)"),
+    "resnet34_cifar": (32, None, "no published figure"),
+    "resnet50_cifar": (32, None, "no published figure"),
+}
+_CIFAR_OR_TINY = 32
+
+
+@dataclass
+class ZooRow:
+    """One line of the zoo table."""
+
+    name: str
+    params_m: float
+    gflops: float
+    resolution: int
+    weights: list[str] = field(default_factory=list)  # pretrained_weights values, each with its top-1
+    published: str = ""
+
+    def cells(self) -> list[str]:
+        return [self.name, f"{self.params_m:.2f}", f"{self.gflops:.2f}", str(self.resolution),
+                "; ".join(self.weights) or "-", self.published or "-"]
+
+
+def _torchvision_weights(name: str) -> list[Any]:
+    try:
+        import torchvision.models
+
+        return list(torchvision.models.get_model_weights(name))
+    except (ValueError, KeyError, AttributeError):
+        return []
+
+
+def _resolution(name: str, weights: Sequence[Any]) -> int:
+    if name in PUBLISHED:
+        return PUBLISHED[name][0]
+    for entry in weights:
+        crop = getattr(entry.transforms(), "crop_size", None)
+        if crop:
+            return int(crop[0])
+    return 224
+
+
+def _weight_tag(entry: Any, resolution: int) -> str:
+    """``IMAGENET1K_V2 80.86%`` (with ``@384`` when those weights are evaluated at another resolution)."""
+    crop = getattr(entry.transforms(), "crop_size", None)
+    at = f" @{crop[0]}" if crop and int(crop[0]) != resolution else ""
+    return f"{entry.name} {entry.meta['_metrics']['ImageNet-1K']['acc@1']:.2f}%{at}"
+
+
+def _count(name: str, resolution: int) -> tuple[float, float]:
+    """Parameters (millions) and multiply-adds (billions) of ``name`` at ``resolution``, on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from super_recipes import models
+
+    with torch.device("meta"):
+        model = models.get(name, num_classes=1000 if resolution != _CIFAR_OR_TINY else 10).eval()
+        inputs = torch.empty(1, 3, resolution, resolution)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(inputs)
+    return params, counter.get_total_flops() / 2e9
+
+
+def classification_names() -> list[str]:
+    """Registered architectures that are not detection or segmentation models (those have their own tables)."""
+    from super_recipes.registry import MODELS
+
+    names = []
+    for name in MODELS.names(include_fallback=False):
+        module = getattr(MODELS.get(name), "__module__", "")
+        if not module.startswith(("super_recipes.detection", "super_recipes.segmentation")):
+            names.append(name)
+    return names
+
+
+def zoo_rows(names: Iterable[str] | None = None) -> list[ZooRow]:
+    """The zoo table's rows for ``names`` (default: every classification architecture)."""
+    from super_recipes.models.pretrained import DATASET_TAGS, pretrained_tags
+
+    rows = []
+    for name in names if names is not None else classification_names():
+        weights = _torchvision_weights(name)
+        resolution = _resolution(name, weights)
+        params, gflops = _count(name, resolution)
+        tags = [_weight_tag(entry, resolution) for entry in weights if "ImageNet-1K" in entry.meta.get("_metrics", {})]
+        if tags:
+            tags.insert(0, "imagenet (= DEFAULT)")
+        enum_names = {entry.name for entry in weights}
+        tags += [tag for tag in pretrained_tags(name) if tag not in enum_names and tag not in DATASET_TAGS]
+        published = ""
+        if name in PUBLISHED:
+            _, top1, source = PUBLISHED[name]
+            published = f"{top1}% ({source})" if top1 is not None else source
+        elif weights:
+            default = type(weights[0]).DEFAULT  # what pretrained_weights: imagenet loads
+            published = f"{default.meta['_metrics']['ImageNet-1K']['acc@1']:.2f}% (torchvision {default.name})"
+        rows.append(ZooRow(name, params, gflops, resolution, tags, published))
+    return rows
+
+
+HEADER = ["architecture", "params (M)", "GFLOPs", "resolution", "pretrained_weights (top-1)", "published top-1"]
+
+
+def format_table(rows: Sequence[ZooRow]) -> str:
+    """A Markdown table of ``rows``."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m super_recipes.models [NAME ...] [--csv FILE]``."""
+    parser = argparse.ArgumentParser(prog="python -m super_recipes.models", description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="architectures to list (default: every classification one)")
+    parser.add_argument("--csv", help="also write the table to this CSV file")
+    args = parser.parse_args(argv)
+    from super_recipes.errors import RecipeError
+
+    try:
+        rows = zoo_rows(args.names or None)
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    if args.csv:
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(HEADER)
+            writer.writerows(row.cells() for row in rows)
+    return 0
