@@ -86,13 +86,35 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def numpy_safe_globals() -> list[Any]:
+    """The NumPy constructors a checkpoint may hold data through, allowed in ``weights_only`` loading.
+
+    Other frameworks' checkpoints (SuperGradients' ``processing_params`` keep class names as NumPy strings) pickle
+    NumPy arrays, scalars and dtypes. These constructors only rebuild data, never run code, so allowing them keeps
+    loading safe; everything else stays refused. Files written under NumPy 1.x name the same functions
+    ``numpy.core.*`` where NumPy 2 says ``numpy._core.*``: both names are allowed.
+    """
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # NumPy 2 / 1.x
+    allowed: list[Any] = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
+    allowed += [type(np.dtype(kind)) for kind in (np.str_, np.bytes_, np.bool_, np.float16, np.float32, np.float64,
+                                                   np.int8, np.int16, np.int32, np.int64, np.uint8, np.object_)]
+    for function in (multiarray._reconstruct, multiarray.scalar):
+        allowed.append((function, f"numpy.core.multiarray.{function.__name__}"))
+        allowed.append((function, f"numpy._core.multiarray.{function.__name__}"))
+    return allowed
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``); a clear RecipeError for missing/corrupt/foreign files."""
+    """Read a checkpoint safely (``weights_only=True``, plus NumPy's data constructors: see
+    :func:`numpy_safe_globals`); a clear RecipeError for missing/corrupt/foreign files."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"Checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError...)
         raise RecipeError(describe_load_failure(path, err)) from None
     if not isinstance(state, dict):
