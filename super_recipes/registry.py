@@ -201,7 +201,7 @@ def import_dotted(path: str, where: str = "") -> Any:
     return getattr(module, attr)
 
 
-MODELS = Registry("model", ["super_recipes.models.classification"])
+MODELS = Registry("model", ["super_recipes.models.classification", "super_recipes.models.repvgg"])
 LOSSES = Registry("loss", ["super_recipes.losses"], _public_classes("torch.nn", "torch.nn.Module", "Loss"),
                   key="losses")
 METRICS = Registry("metric", ["super_recipes.metrics"], _public_classes(

@@ -30,6 +30,12 @@ PUBLISHED: dict[str, tuple[int, float | None, str]] = {
     "resnet18_cifar": (32, 94.9, "CIFAR-10, recipe cifar10_resnet (SuperGradients 1.x table)"),
     "resnet34_cifar": (32, None, "no published figure"),
     "resnet50_cifar": (32, None, "no published figure"),
+    # RepVGG paper (Ding et al. 2021), as reproduced by the authors' and mmpretrain's released weights; A and B0-B2
+    # after 120 epochs, B3 after 200 epochs with extra augmentation, D2se evaluated at 320 px.
+    "repvgg_a0": (224, 72.41, "RepVGG paper"), "repvgg_a1": (224, 74.46, "RepVGG paper"),
+    "repvgg_a2": (224, 76.48, "RepVGG paper"), "repvgg_b0": (224, 75.14, "RepVGG paper"),
+    "repvgg_b1": (224, 78.37, "RepVGG paper"), "repvgg_b2": (224, 78.78, "RepVGG paper"),
+    "repvgg_b3": (224, 80.52, "RepVGG paper, 200 epochs"), "repvgg_d2se": (320, 83.55, "RepVGG paper, 320 px"),
 }
 _CIFAR_OR_TINY = 32
 
@@ -91,14 +97,30 @@ def _count(name: str, resolution: int) -> tuple[float, float]:
     return params, counter.get_total_flops() / 2e9
 
 
-def classification_names() -> list[str]:
-    """Registered architectures that are not detection or segmentation models (those have their own tables)."""
+def _needs_arguments(factory: Any) -> bool:
+    """Whether an architecture cannot be built from its name alone (``custom_*`` ones take their structure)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               and p.name != "num_classes" for p in parameters)
+
+
+def classification_names(include_custom: bool = False) -> list[str]:
+    """Registered architectures that are not detection or segmentation models (those have their own tables);
+    those that need ``arch_params`` to be built (``repvgg_custom``...) only with ``include_custom``."""
     from super_recipes.registry import MODELS
 
     names = []
     for name in MODELS.names(include_fallback=False):
-        module = getattr(MODELS.get(name), "__module__", "")
-        if not module.startswith(("super_recipes.detection", "super_recipes.segmentation")):
+        factory = MODELS.get(name)
+        module = getattr(factory, "__module__", "")
+        if module.startswith(("super_recipes.detection", "super_recipes.segmentation")):
+            continue
+        if include_custom or not _needs_arguments(factory):
             names.append(name)
     return names
 
@@ -152,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(rows))
+    if not args.names:
+        custom = sorted(set(classification_names(include_custom=True)) - set(classification_names()))
+        if custom:
+            print(f"\nBuilt from their arch_params (no fixed size): {', '.join(custom)}")
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
             writer = csv.writer(handle)
