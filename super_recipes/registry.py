@@ -201,7 +201,9 @@ def import_dotted(path: str, where: str = "") -> Any:
     return getattr(module, attr)
 
 
-MODELS = Registry("model", ["super_recipes.models.classification", "super_recipes.models.repvgg"])
+MODELS = Registry("model", ["super_recipes.models.classification", "super_recipes.models.resnets",
+                            "super_recipes.models.mobilenets", "super_recipes.models.regnet",
+                            "super_recipes.models.repvgg", "super_recipes.models.darknet"])
 LOSSES = Registry("loss", ["super_recipes.losses"], _public_classes("torch.nn", "torch.nn.Module", "Loss"),
                   key="losses")
 METRICS = Registry("metric", ["super_recipes.metrics"], _public_classes(

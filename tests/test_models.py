@@ -63,6 +63,10 @@ def test_torchvision_arch_param_tables_match_torchvision() -> None:
         "efficientnet": tvm.EfficientNet,
         "regnet": tvm.RegNet,
         "vit": tvm.VisionTransformer,
+        "resnext": tvm.ResNet,
+        "densenet": tvm.DenseNet,
+        "shufflenet_v2": tvm.ShuffleNetV2,
+        "googlenet": tvm.GoogLeNet,
     }
     # Consumed by the builder functions rather than the model classes.
     builder_params = {"mobilenet_v3": {"width_mult", "reduced_tail", "dilated"}, "vit": {"image_size"}}

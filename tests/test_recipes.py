@@ -164,6 +164,11 @@ def _data_overrides(name: str, tmp_path) -> list[str]:
                 f"dataset_params.val_dataset_params.data_dir={tmp_path / 'cityscapes'}",
                 "batch_size=2", "val_batch_size=2", "multi_gpu=Off", "num_gpus=1",
                 "training_hyperparams.max_train_batches=2", "training_hyperparams.lr_warmup_epochs=0"]
+    if name.startswith("imagenet_"):
+        # A tiny ImageNet folder (2 classes x 4 real JPEGs), the recipe's own architecture at 64 px, two steps.
+        from tests.test_imagenet_recipes import imagenet_data_overrides
+
+        return imagenet_data_overrides(name, tmp_path / "imagenet")
     if name.startswith("shapes_yolo"):
         return ["training_hyperparams.lr_warmup_steps=1", f"dataset_params.train_dataset_params.data_dir={tmp_path}/d",
                 f"dataset_params.val_dataset_params.data_dir={tmp_path}/d"]

@@ -22,3 +22,7 @@ class DefaultCollateFN:
 
     def __repr__(self) -> str:
         return "DefaultCollateFN()"
+
+
+# Registers MixUpCutMixCollate (torchvision v2 MixUp/CutMix), which the ImageNet recipes name.
+from super_recipes.data import mixing  # noqa: E402, F401

@@ -46,7 +46,7 @@ def get(
     everything but the head is loaded, even with ``strict_load=on``, and the head keys are reported. The
     :class:`~super_recipes.models.weights.LoadReport` is logged and kept as ``model._super_recipes_load_report``.
     """
-    factory = MODELS.get(name)
+    factory = _lookup(name)
     params = {**_plain_mapping(arch_params), **kwargs}
     if num_classes is not None:
         given = params.get("num_classes", num_classes)
@@ -68,6 +68,19 @@ def get(
                                      "strict_load": strict_load, "load_backbone": load_backbone,
                                      "load_ema_as_net": load_ema_as_net}, architecture=name)
     return model
+
+
+def _lookup(name: str) -> Any:
+    try:
+        return MODELS.get(name)
+    except RecipeError:
+        # A SuperGradients 1.x name that is retired or lives in another task: say why instead of "unknown".
+        from super_recipes.models.classification import RETIRED_OR_ELSEWHERE
+
+        reason = RETIRED_OR_ELSEWHERE.get(name) if isinstance(name, str) else None
+        if reason is None:
+            raise
+        raise RecipeError(f"Model '{name}' (a SuperGradients 1.x name) is not available: {reason}.") from None
 
 
 def _default_num_classes(factory: Any) -> Any:

@@ -80,8 +80,9 @@ def pretrained_url(architecture: str, tag: str) -> str:
 
 
 def _torchvision_enum(architecture: str) -> Any:
-    from super_recipes.models.classification import TORCHVISION_MODELS
+    from super_recipes.models.classification import TORCHVISION_ALIASES, TORCHVISION_MODELS
 
+    architecture = TORCHVISION_ALIASES.get(architecture, architecture)  # 1.x names: resnext50 -> resnext50_32x4d
     if architecture not in TORCHVISION_MODELS:
         return None
     import torchvision.models  # slow to import, hence only here

@@ -2,6 +2,8 @@
 
 Rules (the README's "Loading weights" section says the same):
 
+* A checkpoint written by SuperGradients is recognised and its names translated to ours
+  (:mod:`super_recipes.models.sg_checkpoints`; its ``ema_net`` is preferred, as SuperGradients does).
 * The weights come from ``net`` of a super_recipes checkpoint, ``ema_net`` with ``load_ema_as_net``, or a
   plain state dict (also nested under ``state_dict`` / ``model`` / ``model_state_dict``). DDP ``module.`` and
   ``torch.compile`` ``_orig_mod.`` prefixes are stripped. Files are read with ``weights_only=True``.
@@ -247,8 +249,13 @@ def load_weights(model: nn.Module, checkpoint_path: str | Path, strict_load: Any
                  load_ema_as_net: bool = False) -> LoadReport:
     """Load a checkpoint file into ``model`` (``checkpoint_params.checkpoint_path`` and its siblings)."""
     from super_recipes.engine.checkpoints import load_checkpoint
+    from super_recipes.models import sg_checkpoints
 
     checkpoint = load_checkpoint(checkpoint_path)
+    # A file written by SuperGradients: its module names are translated to ours first.
+    if sg_checkpoints.is_sg_checkpoint(checkpoint):
+        return sg_checkpoints.load_sg_checkpoint(model, checkpoint, str(checkpoint_path), strict_load, load_backbone,
+                                                 load_ema_as_net)
     weights = state_dict_from_checkpoint(checkpoint, str(checkpoint_path), load_ema_as_net)
     return load_state_dict_into(model, weights, strict_load, load_backbone, str(checkpoint_path))
 
@@ -274,7 +281,10 @@ def load_initial_weights(model: nn.Module, checkpoint_params: Any, architecture:
     if pretrained:
         if ema:
             raise RecipeError("checkpoint_params.load_ema_as_net applies to checkpoint_path, not pretrained_weights.")
+        from super_recipes.models import sg_checkpoints
         from super_recipes.models.pretrained import load_pretrained_weights
+
+        sg_checkpoints.register_published_weights()  # SuperGradients' COCO YOLOX files
 
         return load_pretrained_weights(model, architecture or "", str(pretrained), strict, backbone)
     return load_weights(model, path, strict, backbone, ema) if path else None
