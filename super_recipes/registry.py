@@ -212,14 +212,14 @@ METRICS = Registry("metric", ["super_recipes.metrics"], _public_classes(
 CALLBACKS = Registry("callback", ["super_recipes.callbacks"])
 DATASETS = Registry("dataset", ["super_recipes.data.shapes", "super_recipes.data.torchvision_datasets"])
 DATALOADERS = Registry("dataloader", ["super_recipes.data.dataloaders"])
-TRANSFORMS = Registry("transform", ["super_recipes.data.transforms"],
+TRANSFORMS = Registry("transform", ["super_recipes.data.transforms", "super_recipes.data.mixing"],
                       _public_classes("torchvision.transforms.v2", "torchvision.transforms.v2.Transform"))
 OPTIMIZERS = Registry("optimizer", [], _public_classes("torch.optim", "torch.optim.Optimizer"))
 LR_SCHEDULES = Registry("LR schedule", ["super_recipes.schedules"], key="lr_schedules")
 # ``lr_schedule_function`` names: plain functions f(initial_lr, epoch, iter, max_epoch, iters_per_epoch) -> lr,
 # kept apart from LR_SCHEDULES (whose entries build a schedule callback from training_hyperparams).
 LR_FUNCTIONS = Registry("LR schedule function", ["super_recipes.schedules"], key="lr_functions")
-COLLATE_FUNCTIONS = Registry("collate function", ["super_recipes.data.collate"])
+COLLATE_FUNCTIONS = Registry("collate function", ["super_recipes.data.collate", "super_recipes.data.mixing"])
 # Callables applied to model outputs or batches (``post_prediction_callback``, ``pre_prediction_callback``).
 PROCESSING = Registry("processing callable", key="processing")
 # Backbones, necks and heads a ``CustomizableDetector`` assembles from ``arch_params`` (detection task).

@@ -23,6 +23,3 @@ class DefaultCollateFN:
     def __repr__(self) -> str:
         return "DefaultCollateFN()"
 
-
-# Registers MixUpCutMixCollate (torchvision v2 MixUp/CutMix), which the ImageNet recipes name.
-from super_recipes.data import mixing  # noqa: E402, F401

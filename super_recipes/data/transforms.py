@@ -114,6 +114,3 @@ def build_transforms(specs: Any, where: str = "transforms", ensure_float: bool =
 def _is_built(spec: Any) -> bool:
     return callable(spec) and not isinstance(spec, type)
 
-
-# Registers RandomErase (random erasing with noise, SuperGradients' argument names) for the ImageNet recipes.
-from super_recipes.data import mixing  # noqa: E402, F401

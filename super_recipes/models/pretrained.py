@@ -30,6 +30,16 @@ WEIGHTS_DIR_ENV = "SUPER_RECIPES_WEIGHTS_DIR"
 DATASET_TAGS = ("imagenet", "imagenet1k")  # all mean the torchvision enum's DEFAULT entry
 DOWNLOAD_TIMEOUT_S = 30.0
 _REGISTERED: dict[tuple[str, str], str] = {}
+# Modules that register other publishers' weights when imported (SuperGradients' COCO YOLOX files); imported before
+# any lookup, so every tag is known whichever path asks first.
+_PUBLISHER_MODULES = ("super_recipes.models.sg_checkpoints",)
+
+
+def _load_publishers() -> None:
+    import importlib
+
+    for module in _PUBLISHER_MODULES:
+        importlib.import_module(module)
 # torch hub names files ``<name>-<first hex digits of the sha256>.<ext>``.
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{6,})\.[A-Za-z0-9]+$")
 
@@ -51,6 +61,7 @@ def register_pretrained_weights(architecture: str, tag: str, url: str) -> None:
 
 def pretrained_tags(architecture: str) -> list[str]:
     """The valid ``pretrained_weights`` values for ``architecture`` (empty when none are published)."""
+    _load_publishers()
     tags = [tag for arch, tag in _REGISTERED if arch == architecture]
     enum = _torchvision_enum(architecture)
     if enum is not None:
@@ -60,6 +71,7 @@ def pretrained_tags(architecture: str) -> list[str]:
 
 def pretrained_url(architecture: str, tag: str) -> str:
     """The URL of the weights ``tag`` of ``architecture``; a RecipeError naming the valid tags otherwise."""
+    _load_publishers()
     if (architecture, tag.lower()) in _REGISTERED:
         return _REGISTERED[(architecture, tag.lower())]
     enum = _torchvision_enum(architecture)

@@ -281,10 +281,7 @@ def load_initial_weights(model: nn.Module, checkpoint_params: Any, architecture:
     if pretrained:
         if ema:
             raise RecipeError("checkpoint_params.load_ema_as_net applies to checkpoint_path, not pretrained_weights.")
-        from super_recipes.models import sg_checkpoints
         from super_recipes.models.pretrained import load_pretrained_weights
-
-        sg_checkpoints.register_published_weights()  # SuperGradients' COCO YOLOX files
 
         return load_pretrained_weights(model, architecture or "", str(pretrained), strict, backbone)
     return load_weights(model, path, strict, backbone, ema) if path else None
