@@ -37,8 +37,11 @@ class Registry:
     """A named table of objects (classes or factory functions)."""
 
     def __init__(self, kind: str, builtin_modules: Iterable[str] = (), fallback: Fallback | None = None,
-                 key: str | None = None):
+                 key: str | None = None, namespaces: Mapping[str, str] | None = None):
         self.kind = kind
+        # ``{prefix: "module:function"}``: names ``prefix<rest>`` resolve to ``function(rest)`` (``timm/<name>``),
+        # for libraries whose own name space is too large to register name by name.
+        self._namespaces = dict(namespaces or {})
         # The name task packages use for this registry in their REGISTRY_MODULES (``models``, ``losses``...).
         self.key = key or f"{kind.replace(' ', '_')}s"
         self._entries: dict[str, Any] = {}
@@ -99,6 +102,12 @@ class Registry:
         return self._fallback_entries
 
     def __contains__(self, name: str) -> bool:
+        if any(name.startswith(prefix) for prefix in self._namespaces):
+            try:
+                self.get(name)
+            except RecipeError:
+                return False
+            return True
         self._load_builtins()
         if name in self._entries or name in self._fallbacks():
             return True
@@ -122,6 +131,10 @@ class Registry:
         self._load_builtins()
         if name in self._entries:
             return self._entries[name]
+        for prefix, resolver in self._namespaces.items():
+            if name.startswith(prefix):
+                module, function = resolver.split(":")
+                return getattr(importlib.import_module(module), function)(name[len(prefix):], where)
         # Library names (torch.nn losses, torch.optim...) resolve without importing the on-demand modules.
         fallback = self._fallbacks()
         if name in fallback:
@@ -203,7 +216,9 @@ def import_dotted(path: str, where: str = "") -> Any:
 
 MODELS = Registry("model", ["super_recipes.models.classification", "super_recipes.models.resnets",
                             "super_recipes.models.mobilenets", "super_recipes.models.regnet",
-                            "super_recipes.models.repvgg", "super_recipes.models.darknet"])
+                            "super_recipes.models.repvgg", "super_recipes.models.darknet",
+                            "super_recipes.models.imagenet21k"],
+                  namespaces={"timm/": "super_recipes.models.timm_models:timm_factory"})
 LOSSES = Registry("loss", ["super_recipes.losses"], _public_classes("torch.nn", "torch.nn.Module", "Loss"),
                   key="losses")
 METRICS = Registry("metric", ["super_recipes.metrics"], _public_classes(

@@ -161,6 +161,34 @@ def test_image_folder_reads_jpeg_files(tmp_path):
         ImageFolderDataset(root=str(tmp_path / "empty"))
 
 
+def test_image_folder_torchvision_decoder_matches_pil(tmp_path):
+    rng = np.random.default_rng(5)
+    (tmp_path / "a").mkdir()
+    # A smooth image, so that JPEG decoders differing only in IDCT rounding agree to a grey level or two.
+    ramp = np.linspace(0, 255, 48 * 64, dtype=np.float64).reshape(48, 64)
+    color = np.stack([ramp, ramp.T[:48, :48].repeat(2, axis=1)[:, :64], 255 - ramp], axis=-1).astype(np.uint8)
+    assert cv2.imwrite(str(tmp_path / "a" / "color.jpg"), color)
+    assert cv2.imwrite(str(tmp_path / "a" / "gray.jpg"), color[..., 0])  # one channel on disk
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    assert cv2.imwrite(str(tmp_path / "a" / "noise.png"), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+
+    pil = ImageFolderDataset(str(tmp_path), transforms=["ToFloatTensor"])
+    fast = ImageFolderDataset(str(tmp_path), transforms=["ToFloatTensor"], decoder="torchvision")
+    for index, (path, _) in enumerate(pil.samples):
+        if path.endswith("broken.jpg"):
+            for dataset in (pil, fast):
+                with pytest.raises(RecipeError, match="Cannot read image .*broken.jpg"):
+                    dataset[index]
+            continue
+        expected, actual = pil[index][0], fast[index][0]
+        assert actual.shape == expected.shape and actual.shape[0] == 3
+        assert (actual - expected).abs().max() <= 3 / 255
+    noise_index = next(i for i, (p, _) in enumerate(pil.samples) if p.endswith(".png"))
+    assert torch.equal(pil[noise_index][0], fast[noise_index][0])  # PNG is lossless: bit-exact
+    with pytest.raises(RecipeError, match="decoder='turbo' is not one of pil, torchvision"):
+        ImageFolderDataset(str(tmp_path), decoder="turbo")
+
+
 def test_unknown_dataloader_name_lists_close_names():
     with pytest.raises(RecipeError, match="Did you mean: cifar10_train") as error:
         dataloaders.get("cifar10_trian")

@@ -400,3 +400,27 @@ def test_recipe_checkpoint_params_mistakes(checkpoint):
         load_initial_weights(tiny(), {"checkpoint_path": str(path), "pretrained_weights": "imagenet"})
     with pytest.raises(RecipeError, match="load_backbone must be true or false"):
         load_initial_weights(tiny(), {"checkpoint_path": str(path), "load_backbone": "yes please"})
+
+
+def test_pretrained_googlenet_without_aux_heads(weights_cache):
+    import torchvision
+
+    torch.manual_seed(3)
+    published = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True).eval()
+    entry = torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1
+    weights_cache.mkdir()
+    torch.save(published.state_dict(), weights_cache / Path(entry.url).name)  # its heads aux1, aux2 included
+
+    model = models.get("googlenet", pretrained_weights="imagenet").eval()
+    report = model._super_recipes_load_report
+    assert not report.not_loaded and not report.unexpected
+    assert {key.split(".")[0] for key in report.left_out} == {"aux1", "aux2"}
+    # As torchvision's builder does with these weights: inputs rescaled for the TensorFlow-trained weights.
+    assert model.transform_input
+    published.transform_input = True
+    image = torch.rand(1, 3, 96, 96)
+    torch.testing.assert_close(model(image), published(image))
+    with pytest.raises(RecipeError, match="aux1"):  # with the heads built, they must be in the checkpoint
+        torch.save({k: v for k, v in published.state_dict().items() if not k.startswith("aux")},
+                   weights_cache / "no_aux.pth")
+        models.get("googlenet", aux_logits=True, checkpoint_path=weights_cache / "no_aux.pth")

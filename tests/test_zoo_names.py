@@ -66,7 +66,8 @@ def test_the_list_is_the_guides() -> None:
 
 
 def test_every_name_is_classified_once() -> None:
-    assert set(RETIRED_OR_ELSEWHERE) <= set(SG1_NAMES)
+    # Besides the guide's names, one of the ImageNet-21K-P table's (its other backbones are registered).
+    assert set(RETIRED_OR_ELSEWHERE) <= {*SG1_NAMES, "ofa_flops_595m_s"}
     assert not set(RETIRED_OR_ELSEWHERE) & ELSEWHERE_IN_CLASSIFICATION
     assert set(TORCHVISION_ALIASES) <= set(SG1_NAMES)
 

@@ -74,13 +74,13 @@ def _lookup(name: str) -> Any:
     try:
         return MODELS.get(name)
     except RecipeError:
-        # A SuperGradients 1.x name that is retired or lives in another task: say why instead of "unknown".
+        # A name users know (1.x guide, 21K-P table) that is retired or lives elsewhere: say why, not "unknown".
         from super_recipes.models.classification import RETIRED_OR_ELSEWHERE
 
         reason = RETIRED_OR_ELSEWHERE.get(name) if isinstance(name, str) else None
         if reason is None:
             raise
-        raise RecipeError(f"Model '{name}' (a SuperGradients 1.x name) is not available: {reason}.") from None
+        raise RecipeError(f"Model '{name}' is not available: {reason}.") from None
 
 
 def _default_num_classes(factory: Any) -> Any:

@@ -274,6 +274,10 @@ RETIRED_OR_ELSEWHERE: dict[str, str] = {
     **{name: f"torchvision has EfficientNet B0-B7 only ({what}, published as TensorFlow checkpoints); with the "
              f"timm extra use 'timm/tf_{name}'"
        for name, what in (("efficientnet_b8", "B8 came with AdvProp"), ("efficientnet_l2", "L2 with Noisy Student"))},
+    "ofa_flops_595m_s": "OFA-595 of the ImageNet-21K-P table is not in timm (its network comes from the "
+                        "once-for-all package, with hard-sigmoids replaced by sigmoids); the table's other backbones "
+                        "are here by name with the timm extra: tresnet_m, tresnet_l, mixer_b16_224, "
+                        "mobilenetv3_large_100, vit_base_patch16_224, resnet50",
     "CustomizedEfficientnet": "retired: 1.x's EfficientNet with free width/depth coefficients; use "
                               "efficientnet_b0 ... efficientnet_b7 (dropout, stochastic_depth_prob), or with the "
                               "timm extra 'timm/efficientnet_b0' and its channel_multiplier/depth_multiplier",
@@ -300,7 +304,12 @@ def _torchvision_factory(name: str, family: str, alias: str | None = None) -> Ca
         # The signature's defaults are for show (call_with_kwargs passes only what the recipe gives).
         kwargs = {**TORCHVISION_DEFAULTS.get(name, {}), **arch_params}
         kwargs = {k: v for k, v in kwargs.items() if v is not _TV_DEFAULT}
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        if family == "googlenet" and not kwargs.get("aux_logits", True):
+            # torchvision's published GoogLeNet weights carry the auxiliary heads; without them they are not ours
+            # to load, and not an error either.
+            model.checkpoint_prefixes_without_place = ("aux1", "aux2")
+        return model
 
     keyword = inspect.Parameter.KEYWORD_ONLY
     defaults = TORCHVISION_DEFAULTS.get(name, {})

@@ -32,7 +32,7 @@ DOWNLOAD_TIMEOUT_S = 30.0
 _REGISTERED: dict[tuple[str, str], str] = {}
 # Modules that register other publishers' weights when imported (SuperGradients' COCO YOLOX files); imported before
 # any lookup, so every tag is known whichever path asks first.
-_PUBLISHER_MODULES = ("super_recipes.models.sg_checkpoints",)
+_PUBLISHER_MODULES = ("super_recipes.models.sg_checkpoints", "super_recipes.models.imagenet21k")
 
 
 def _load_publishers() -> None:
@@ -59,9 +59,32 @@ def register_pretrained_weights(architecture: str, tag: str, url: str) -> None:
     _REGISTERED[(architecture, tag.lower())] = url
 
 
+def _timm_weights(architecture: str, tag: str = "") -> tuple[str, str] | None:
+    """``(timm architecture, timm tag)`` when timm publishes ``architecture``'s weights: ``timm/<name>`` and the
+    ImageNet-21K-P table's names (:mod:`super_recipes.models.imagenet21k`); None otherwise."""
+    if architecture.startswith("timm/"):
+        return architecture[len("timm/"):], tag
+    from super_recipes.models.imagenet21k import IMAGENET21K_P, imagenet21k_tag
+
+    if architecture in IMAGENET21K_P:
+        return IMAGENET21K_P[architecture].timm_architecture, imagenet21k_tag(architecture, tag) if tag else ""
+    return None
+
+
 def pretrained_tags(architecture: str) -> list[str]:
     """The valid ``pretrained_weights`` values for ``architecture`` (empty when none are published)."""
     _load_publishers()
+    timm_weights = _timm_weights(architecture)
+    if timm_weights is not None:
+        from super_recipes.models.timm_models import timm_pretrained_tags
+
+        try:
+            tags = timm_pretrained_tags(timm_weights[0])
+        except RecipeError:  # no timm here: nothing can be loaded
+            return []
+        if not architecture.startswith("timm/"):
+            tags = ["imagenet21k", "imagenet21k_ft_in1k", *(t for t in tags if t != "imagenet21k")]
+        return tags
     tags = [tag for arch, tag in _REGISTERED if arch == architecture]
     enum = _torchvision_enum(architecture)
     if enum is not None:
@@ -156,4 +179,15 @@ def load_pretrained_weights(model: nn.Module, architecture: str, tag: str, stric
     """
     if not architecture:
         raise RecipeError("pretrained_weights needs the architecture name (the recipe key `architecture`).")
-    return load_weights(model, pretrained_weights_path(architecture, tag), strict_load, load_backbone)
+    _load_publishers()
+    timm_weights = _timm_weights(architecture, tag)
+    if timm_weights is not None:
+        from super_recipes.models.timm_models import load_timm_pretrained
+
+        return load_timm_pretrained(model, timm_weights[0], timm_weights[1], strict_load, load_backbone)
+    report = load_weights(model, pretrained_weights_path(architecture, tag), strict_load, load_backbone)
+    if _torchvision_enum(architecture) is not None and hasattr(model, "transform_input"):
+        # torchvision's GoogLeNet weights were ported from TensorFlow, trained on inputs scaled to [-1, 1];
+        # torchvision's own builder turns the rescaling on whenever it loads them, and so do we.
+        model.transform_input = True
+    return report

@@ -64,6 +64,8 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)  # the head, with load_backbone
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys with no place in the model
     ignored: list[str] = field(default_factory=list)  # checkpoint keys of its head, with load_backbone
+    # checkpoint keys of modules the model was built without (GoogLeNet's auxiliary heads with aux_logits=False)
+    left_out: list[str] = field(default_factory=list)
     head_prefix: str | None = None
 
     @property
@@ -81,6 +83,8 @@ class LoadReport:
         head = (f"Loaded {len(self.loaded)}/{self.model_tensors} tensors from {self.source} "
                 f"(strict_load={self.strict_load})")
         details = self.details()
+        if details and not self.not_loaded:
+            return f"{head}:\n{details}"
         return f"{head}; the other model tensors keep their initial values:\n{details}" if details else head + "."
 
     def details(self) -> str:
@@ -99,6 +103,8 @@ class LoadReport:
             lines.append(f"  {_names(self.unexpected)}: only in the checkpoint, ignored")
         if self.ignored:
             lines.append(f"  {_names(self.ignored)}: the checkpoint's head, ignored (load_backbone)")
+        if self.left_out:
+            lines.append(f"  {_names(self.left_out)}: modules this model was built without, ignored")
         return "\n".join(lines)
 
 
@@ -177,6 +183,11 @@ def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor
     report = LoadReport(source, mode, len(own), head_prefix=head)
     pair = _pair_by_position if mode == "no_key_matching" else _pair_by_name
     ckpt = _strip_wrapper_prefixes({str(k): v for k, v in state_dict.items()}, own)
+    # A model may declare checkpoint modules it has no place for (``checkpoint_prefixes_without_place``): optional
+    # parts left out at build time, whose published weights are not an error.
+    absent = tuple(getattr(target, "checkpoint_prefixes_without_place", ()))
+    report.left_out = [k for k in ckpt if any(_under(k, prefix) for prefix in absent)]
+    ckpt = {k: v for k, v in ckpt.items() if k not in set(report.left_out)}
     selected = pair(own, ckpt, report, partial(_under, prefix=head) if load_backbone else None)
     report.loaded = list(selected)
 

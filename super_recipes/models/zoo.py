@@ -112,14 +112,19 @@ def _needs_arguments(factory: Any) -> bool:
 def classification_names(include_custom: bool = False) -> list[str]:
     """Registered architectures that are not detection or segmentation models (those have their own tables);
     those that need ``arch_params`` to be built (``repvgg_custom``...) only with ``include_custom``."""
+    import importlib.util
+
     from super_recipes.registry import MODELS
 
+    without_timm = importlib.util.find_spec("timm") is None
     names = []
     for name in MODELS.names(include_fallback=False):
         factory = MODELS.get(name)
         module = getattr(factory, "__module__", "")
         if module.startswith(("super_recipes.detection", "super_recipes.segmentation")):
             continue
+        if without_timm and module == "super_recipes.models.timm_models":
+            continue  # the ImageNet-21K-P backbones are built by timm: listed once the extra is installed
         if include_custom or not _needs_arguments(factory):
             names.append(name)
     return names
@@ -127,6 +132,7 @@ def classification_names(include_custom: bool = False) -> list[str]:
 
 def zoo_rows(names: Iterable[str] | None = None) -> list[ZooRow]:
     """The zoo table's rows for ``names`` (default: every classification architecture)."""
+    from super_recipes.models.imagenet21k import IMAGENET21K_P
     from super_recipes.models.pretrained import DATASET_TAGS, pretrained_tags
 
     rows = []
@@ -140,7 +146,11 @@ def zoo_rows(names: Iterable[str] | None = None) -> list[ZooRow]:
         enum_names = {entry.name for entry in weights}
         tags += [tag for tag in pretrained_tags(name) if tag not in enum_names and tag not in DATASET_TAGS]
         published = ""
-        if name in PUBLISHED:
+        if name in IMAGENET21K_P:
+            row = IMAGENET21K_P[name]
+            published = (f"{row.top1_21k_p}% ImageNet-21K-P semantic, {row.top1_in1k}% ImageNet-1k fine-tuned "
+                         f"(MIIL table; timm {row.timm_architecture})")
+        elif name in PUBLISHED:
             _, top1, source = PUBLISHED[name]
             published = f"{top1}% ({source})" if top1 is not None else source
         elif weights:
@@ -178,6 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         custom = sorted(set(classification_names(include_custom=True)) - set(classification_names()))
         if custom:
             print(f"\nBuilt from their arch_params (no fixed size): {', '.join(custom)}")
+        import importlib.util
+
+        if importlib.util.find_spec("timm") is None:
+            from super_recipes.models.imagenet21k import IMAGENET21K_P
+            from super_recipes.models.timm_models import TIMM_EXTRA
+
+            print(f"\nWith the timm extra ({TIMM_EXTRA}): the ImageNet-21K-P backbones "
+                  f"{', '.join(IMAGENET21K_P)} and every timm model as timm/<name>.")
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
             writer = csv.writer(handle)
