@@ -29,7 +29,9 @@ SG's module names differ from ours; each family we share has a translation learn
   torchvision ``trunk_output.block{i+1}``).
 * ``repvgg_*``: our RepVGG already uses SG's module names (``stem``, ``stage1-4``, ``branch_3x3``, ``linear``).
 
-Anything else gets no renaming: the names must then already match (the report says which family was used).
+Task packages add their own families: a model class with a method ``super_gradients_key(sg_name)`` returning our
+name (or None) is translated by it. Anything else gets no renaming: the names must then already match (the report
+says which family was used).
 ``pretrained_weights: coco`` for ``yolox_*`` is registered here with SG's published URLs.
 """
 
@@ -186,6 +188,11 @@ def _family(model: nn.Module) -> tuple[str, Callable[[str], str | None]]:
         return "RegNetY", _sg_regnet_key  # the rules regnet.py already keeps (regnet_state_dict_from_super_gradients)
     if isinstance(model, RepVGG):
         return "RepVGG (SuperGradients' own names)", lambda name: name
+    # Task packages plug their families in without an edit here: a model class with a method
+    # ``super_gradients_key(sg_name) -> our name | None`` (None: SG has a tensor we have no place for).
+    own_rule = getattr(model, "super_gradients_key", None)
+    if callable(own_rule):
+        return type(model).__name__, own_rule
     return f"{type(model).__name__} (no SuperGradients rule: names as written)", lambda name: name
 
 
