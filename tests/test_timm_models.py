@@ -98,3 +98,25 @@ def test_missing_weights_name_the_file_and_folder(weights_dir, monkeypatch):
     message = str(error.value)
     assert "tresnet_m.miil_in21k.safetensors" in message and str(weights_dir) in message
     assert "https://huggingface.co/timm/tresnet_m.miil_in21k/resolve/main/model.safetensors" in message
+
+
+def test_a_recipe_trains_a_timm_model_from_local_21k_weights(tmp_path, weights_dir):
+    """imagenet_vit_base with the timm route its header gives: a timm ViT fine-tuned from ImageNet-21k weights
+    (a tiny ViT here, its 21k file written to the cache), one real step on the tiny ImageNet folder."""
+    from tests.test_imagenet_recipes import imagenet_data_overrides
+    from tests.test_recipes import _one_step
+
+    torch.manual_seed(4)
+    published = timm.create_model("vit_tiny_patch16_224", num_classes=21843, img_size=32)
+    torch.save(published.state_dict(), weights_dir / "vit_tiny_patch16_224.augreg_in21k.pth")
+    overrides = [o for o in imagenet_data_overrides("imagenet_vit_base", tmp_path / "imagenet", size=32)
+                 if "image_size" not in o]
+    record = _one_step("imagenet_vit_base", tmp_path, [
+        *overrides, "architecture=timm/vit_tiny_patch16_224", "+arch_params.img_size=32",
+        "checkpoint_params.pretrained_weights=imagenet21k"])
+    assert any(key.startswith("valid/") for key in record)
+    trained = torch.load(tmp_path / "ckpt" / "imagenet_vit_base" / "ckpt_latest.pth", weights_only=True)["net"]
+    start = published.state_dict()["patch_embed.proj.weight"]
+    # One SGD step away from the 21k weights (a fresh initialization would be about 1.4 away).
+    assert (trained["patch_embed.proj.weight"] - start).norm() / start.norm() < 0.05
+    assert trained["head.weight"].shape == (1000, 192)  # the recipe's ImageNet-1k head, re-initialized

@@ -44,3 +44,12 @@ def test_listing_covers_classification_only_and_names_unknowns():
     done = subprocess.run([sys.executable, "-m", "super_recipes.models", "resnet5"], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 2 and "resnet50" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_whole_table_builds():
+    needs_arch_params: list[str] = []
+    rows = {row.name: row for row in zoo_rows(None, needs_arch_params)}
+    assert "custom_resnet" in needs_arch_params and not {"repvgg_custom", "nas_regnet"} & set(rows)
+    assert {"regnet_y_32gf", "regnetY800", "repvgg_d2se", "darknet53"} <= set(rows)  # built off the meta device too
+    # A 1.x alias lists the weights and accuracy of the torchvision network it names.
+    assert rows["resnext50"].weights == rows["resnext50_32x4d"].weights and "81.20%" in rows["resnext50"].published

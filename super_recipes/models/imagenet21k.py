@@ -28,6 +28,7 @@ IMAGENET21K_P_CLASSES = 11221
 class Imagenet21kBackbone:
     """A row of MIIL's ImageNet-21K-P table: where its weights live and what was published for it."""
 
+    label: str  # the table's own row name
     timm_architecture: str
     timm_tag: str  # the 21K-P weights; ``<tag>_ft_in1k`` is their ImageNet-1k fine-tune
     top1_21k_p: float  # ImageNet-21K-P semantic top-1 [%]
@@ -38,14 +39,16 @@ class Imagenet21kBackbone:
 
 
 IMAGENET21K_P: dict[str, Imagenet21kBackbone] = {
-    "mobilenetv3_large_100": Imagenet21kBackbone("mobilenetv3_large_100", "miil_in21k", 73.1, 78.0, 488, 1210, 5980),
-    "tresnet_m": Imagenet21kBackbone("tresnet_m", "miil_in21k", 76.4, 83.1, 520, 670, 2970),
-    "tresnet_l": Imagenet21kBackbone("tresnet_v2_l", "miil_in21k", 76.7, 83.9, 240, 300, 1460),
-    "mixer_b16_224": Imagenet21kBackbone("mixer_b16_224", "miil_in21k", 76.3, 82.3, 160, 420, 1420),
-    "vit_base_patch16_224": Imagenet21kBackbone("vit_base_patch16_224_miil", "in21k", 77.6, 84.4, 160, 340, 1140),
+    "mobilenetv3_large_100": Imagenet21kBackbone("MobilenetV3_large_100", "mobilenetv3_large_100", "miil_in21k",
+                                                 73.1, 78.0, 488, 1210, 5980),
+    "tresnet_m": Imagenet21kBackbone("TResNet-M", "tresnet_m", "miil_in21k", 76.4, 83.1, 520, 670, 2970),
+    "tresnet_l": Imagenet21kBackbone("TResNet-L (V2)", "tresnet_v2_l", "miil_in21k", 76.7, 83.9, 240, 300, 1460),
+    "mixer_b16_224": Imagenet21kBackbone("Mixer-B-16", "mixer_b16_224", "miil_in21k", 76.3, 82.3, 160, 420, 1420),
+    "vit_base_patch16_224": Imagenet21kBackbone("ViT-B-16", "vit_base_patch16_224_miil", "in21k",
+                                                77.6, 84.4, 160, 340, 1140),
 }
 # Published beside the others in the same table, for the torchvision-layout ResNet-50.
-RESNET50_21K_P = Imagenet21kBackbone("resnet50", "miil_in21k", 75.6, 82.0, 320, 720, 2760)
+RESNET50_21K_P = Imagenet21kBackbone("ResNet50", "resnet50", "miil_in21k", 75.6, 82.0, 320, 720, 2760)
 RESNET50_21K_P_URL = ("https://miil-public-eu.oss-eu-central-1.aliyuncs.com/model-zoo/ImageNet_21K_P/models/"
                       "resnet50_miil_21k.pth")
 

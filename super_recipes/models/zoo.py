@@ -36,6 +36,9 @@ PUBLISHED: dict[str, tuple[int, float | None, str]] = {
     "repvgg_a2": (224, 76.48, "RepVGG paper"), "repvgg_b0": (224, 75.14, "RepVGG paper"),
     "repvgg_b1": (224, 78.37, "RepVGG paper"), "repvgg_b2": (224, 78.78, "RepVGG paper"),
     "repvgg_b3": (224, 80.52, "RepVGG paper, 200 epochs"), "repvgg_d2se": (320, 83.55, "RepVGG paper, 320 px"),
+    # RegNet paper (Radosavovic et al. 2020), 100 epochs; SG's imagenet_regnetY recipe reports 70.88/74.74/76.18/77.07.
+    "regnetY200": (224, 70.3, "RegNet paper"), "regnetY400": (224, 74.1, "RegNet paper"),
+    "regnetY600": (224, 75.5, "RegNet paper"), "regnetY800": (224, 76.3, "RegNet paper"),
 }
 _CIFAR_OR_TINY = 32
 
@@ -57,6 +60,9 @@ class ZooRow:
 
 
 def _torchvision_weights(name: str) -> list[Any]:
+    from super_recipes.models.classification import TORCHVISION_ALIASES
+
+    name = TORCHVISION_ALIASES.get(name, name)  # 1.x names (resnext50) share torchvision's weights
     try:
         import torchvision.models
 
@@ -88,9 +94,15 @@ def _count(name: str, resolution: int) -> tuple[float, float]:
 
     from super_recipes import models
 
-    with torch.device("meta"):
-        model = models.get(name, num_classes=1000 if resolution != _CIFAR_OR_TINY else 10).eval()
-        inputs = torch.empty(1, 3, resolution, resolution)
+    num_classes = 1000 if resolution != _CIFAR_OR_TINY else 10
+    try:
+        with torch.device("meta"):
+            model = models.get(name, num_classes=num_classes).eval()
+    except NotImplementedError:
+        # Builders that compute their layout with tensors (torchvision's RegNets) cannot run on meta: build on
+        # the CPU, then move there.
+        model = models.get(name, num_classes=num_classes).eval().to("meta")
+    inputs = torch.empty(1, 3, resolution, resolution, device="meta")
     params = sum(p.numel() for p in model.parameters()) / 1e6
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(inputs)
@@ -130,8 +142,11 @@ def classification_names(include_custom: bool = False) -> list[str]:
     return names
 
 
-def zoo_rows(names: Iterable[str] | None = None) -> list[ZooRow]:
-    """The zoo table's rows for ``names`` (default: every classification architecture)."""
+def zoo_rows(names: Iterable[str] | None = None, needs_arch_params: list[str] | None = None) -> list[ZooRow]:
+    """The zoo table's rows for ``names`` (default: every classification architecture). Listing them all, a
+    factory that refuses to build from its name alone (``custom_resnet`` wants ``layers``) is appended to
+    ``needs_arch_params`` instead of failing the table."""
+    from super_recipes.errors import RecipeError
     from super_recipes.models.imagenet21k import IMAGENET21K_P
     from super_recipes.models.pretrained import DATASET_TAGS, pretrained_tags
 
@@ -139,7 +154,13 @@ def zoo_rows(names: Iterable[str] | None = None) -> list[ZooRow]:
     for name in names if names is not None else classification_names():
         weights = _torchvision_weights(name)
         resolution = _resolution(name, weights)
-        params, gflops = _count(name, resolution)
+        try:
+            params, gflops = _count(name, resolution)
+        except RecipeError:
+            if names is not None or needs_arch_params is None:
+                raise
+            needs_arch_params.append(name)
+            continue
         tags = [_weight_tag(entry, resolution) for entry in weights if "ImageNet-1K" in entry.meta.get("_metrics", {})]
         if tags:
             tags.insert(0, "imagenet (= DEFAULT)")
@@ -179,13 +200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from super_recipes.errors import RecipeError
 
     try:
-        rows = zoo_rows(args.names or None)
+        needs_arch_params: list[str] = []
+        rows = zoo_rows(args.names or None, needs_arch_params)
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(rows))
     if not args.names:
-        custom = sorted(set(classification_names(include_custom=True)) - set(classification_names()))
+        custom = sorted({*classification_names(include_custom=True), *needs_arch_params}
+                        - (set(classification_names()) - set(needs_arch_params)))
         if custom:
             print(f"\nBuilt from their arch_params (no fixed size): {', '.join(custom)}")
         import importlib.util
