@@ -61,6 +61,9 @@ SG_REPORT_ATTRIBUTE = "_super_recipes_sg_report"
 # Buffers SG itself drops when loading files older than 3.2 (yolo_base.py, YoloBase.load_state_dict).
 SG_LEGACY_KEYS = frozenset({"stride", "_head.anchors._stride", "_head.anchors._anchors", "_head.anchors._anchor_grid",
                             "_head._modules_list.14.stride"})
+# Tensors SG stores that ours recomputes from the weights or the arch_params (QARepVGG's fused-form placeholders,
+# SSDHead's default boxes): dropped, and reported, when a family's rule has no place for them.
+SG_RECOMPUTED = re.compile(r"(.*\.rbr_reparam\.(weight|bias)|(.*\.)?heads\.(dboxes_xy|dboxes_wh|scales|img_size))")
 # SG's published COCO YOLOX weights (src/super_gradients/training/pretrained_models.py, MODEL_URLS); SG
 # publishes no yolox_x.
 SG_COCO_URLS = {name: f"https://sg-hub-nv.s3.amazonaws.com/models/{name}_coco.pth"
@@ -155,6 +158,9 @@ def translate_sg_state_dict(model: nn.Module, weights: Mapping[str, torch.Tensor
             report.dropped.append(sg_name)
             continue
         ours = rename(name)
+        if ours is None and SG_RECOMPUTED.fullmatch(name):
+            report.dropped.append(sg_name)
+            continue
         if ours is None:
             report.untranslated.append(sg_name)
             ours = name

@@ -32,8 +32,9 @@ from torch import Tensor, nn
 
 from super_recipes.detection.customizable import CustomizableDetector
 from super_recipes.detection.dfl_outputs import dfl_head_outputs
-from super_recipes.detection.ppyoloe.blocks import ConvBNAct, CSPResNetBackbone, PPYoloECSPPAN
+from super_recipes.detection.ppyoloe.blocks import ConvBNAct, CSPResNetBackbone, PPYoloECSPPAN, PPYoloESPP
 from super_recipes.detection.ppyoloe.postprocess import PPYoloEPostPredictionCallback
+from super_recipes.detection.ppyoloe.sg_names import ppyoloe_key
 from super_recipes.errors import RecipeError
 from super_recipes.registry import register_detection_module, register_model
 
@@ -159,6 +160,15 @@ class PPYoloE(CustomizableDetector):
             heads={"PPYoloEHead": {"reg_max": reg_max, "activation": activation}},
             num_classes=num_classes, in_channels=in_channels)
         self.depth_mult, self.width_mult = depth_mult, width_mult
+
+    def super_gradients_key(self, sg_name: str) -> str | None:
+        """Our state-dict key for a SuperGradients PP-YOLOE key (the checkpoint loader's hook; rules and SG sources
+        in :mod:`super_recipes.detection.ppyoloe.sg_names`); None where we have no place for SG's tensor."""
+        # What the rules need from our build: the number of levels (SG's head and PAN indices run the other way)
+        # and where the deepest FPN stage keeps its SPP among its blocks (SG names it apart, ``convs.spp``).
+        deepest = self.neck.fpn_stages[0][0].blocks
+        spp = next((i for i, block in enumerate(deepest) if isinstance(block, PPYoloESPP)), None)
+        return ppyoloe_key(sg_name, len(self.neck.out_channels), spp)
 
 
 def _build(name: str, num_classes: int, in_channels: int, reg_max: int, activation: str,

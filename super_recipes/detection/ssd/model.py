@@ -61,6 +61,7 @@ from super_recipes.detection.ssd.anchors import (
     decode_boxes,
 )
 from super_recipes.detection.ssd.postprocess import SSDPostPredictCallback
+from super_recipes.detection.ssd.sg_names import ssd_lite_key
 from super_recipes.detection.tracing import is_exporting
 from super_recipes.errors import RecipeError
 from super_recipes.registry import register_detection_module, register_model
@@ -359,6 +360,18 @@ class SSDLiteMobileNetV2(CustomizableDetector):
         if isinstance(boxes, DefaultBoxes):
             # predict() letterboxes to the size the default boxes were designed for, unless a recipe says otherwise.
             self.processing_params["input_dim"] = (boxes.fig_size, boxes.fig_size)
+
+    def super_gradients_key(self, sg_name: str) -> str | None:
+        """Our state-dict key for a SuperGradients SSD-Lite MobileNetV2 key (the checkpoint loader's hook; rules
+        and SG sources in :mod:`super_recipes.detection.ssd.sg_names`); None where we have no place for SG's
+        tensor. SG's checkpoints fit the SG layout (``**SG_SSD_LITE_ARCH``), not the default (paper) one."""
+        # SG's flat InvertedResidual layers are renamed by block kind: read it off our own (torchvision) blocks.
+        def expand_1(blocks: Any) -> frozenset[int]:
+            return frozenset(i for i, block in enumerate(blocks or ())
+                             if isinstance(block, InvertedResidual) and len(block.conv) == 3)
+
+        return ssd_lite_key(sg_name, expand_1(getattr(self.backbone, "features", None)),
+                            expand_1(getattr(self.neck, "neck_blocks", None)))
 
 
 ssd_lite_mobilenet_v2 = SSDLiteMobileNetV2

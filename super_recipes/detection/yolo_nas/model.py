@@ -43,6 +43,7 @@ from super_recipes.detection.yolo_nas.blocks import (
     YoloNASUpStage,
     width_multiplier,
 )
+from super_recipes.detection.yolo_nas.sg_names import yolo_nas_key
 from super_recipes.errors import RecipeError
 from super_recipes.registry import register_detection_module, register_model
 
@@ -184,6 +185,11 @@ class NDFLHeads(nn.Module):
 class YoloNAS(CustomizableDetector):
     """A YOLO-NAS detector (``CustomizableDetector`` of ``YoloNASBackbone``, ``YoloNASPANNeckWithC2`` and
     ``NDFLHeads``); built by the ``yolo_nas_*`` factories (recipe key ``architecture``)."""
+
+    def super_gradients_key(self, sg_name: str) -> str | None:
+        """Our state-dict key for a SuperGradients YOLO-NAS key (the checkpoint loader's hook; rules and SG sources
+        in :mod:`super_recipes.detection.yolo_nas.sg_names`); None where we have no place for SG's tensor."""
+        return yolo_nas_key(sg_name)
 
 
 def _stage(out_channels: int, num_blocks: int, hidden_channels: int, concat: bool) -> dict[str, Any]:
