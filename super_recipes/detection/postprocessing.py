@@ -19,6 +19,7 @@ The result, per image, is a float ``[K, 6]`` tensor ``x1, y1, x2, y2, confidence
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
 
@@ -28,7 +29,8 @@ from torch import Tensor, nn
 
 from super_recipes.errors import RecipeError
 
-__all__ = ["DetectionPostPredictionCallback", "NMS_Type", "describe_outputs", "matrix_nms", "select_detections"]
+__all__ = ["DetectionPostPredictionCallback", "NMS_Type", "SelectionSettings", "describe_outputs", "matrix_nms",
+           "select_detections"]
 
 MATRIX_NMS_KERNELS = ("gaussian", "linear")
 
@@ -40,14 +42,45 @@ class NMS_Type(str, Enum):  # noqa: N801 - SuperGradients' name, which recipes a
     MATRIX = "matrix"
 
 
+@dataclass(frozen=True)
+class SelectionSettings:
+    """The keyword arguments of :func:`select_detections` a callback applies (what an exported graph replays)."""
+
+    score_threshold: float
+    nms_threshold: float
+    nms_type: NMS_Type = NMS_Type.ITERATIVE
+    multi_label_per_box: bool = True
+    class_agnostic_nms: bool = False
+    nms_top_k: int = 1000
+    max_predictions: int = 300
+
+
 class DetectionPostPredictionCallback(nn.Module, ABC):
     """Base class of post-prediction callbacks: ``forward(outputs, device=None)`` -> one ``[K, 6]`` tensor per
     image (``x1, y1, x2, y2, confidence, class`` in input pixels). Subclass it for a detector of your own and pass
-    an instance as the metrics' ``post_prediction_callback``."""
+    an instance as the metrics' ``post_prediction_callback``.
+
+    The built-in families split the work in two, which export (``super_recipes.export``) puts inside an ONNX
+    graph: :meth:`boxes_and_scores` (the model's output -> xyxy boxes and class scores) and :meth:`selection`
+    (the :func:`select_detections` settings)."""
 
     @abstractmethod
     def forward(self, outputs: Any, device: str | torch.device | None = None) -> list[Tensor]:
         """Model output (eval or tracing mode) -> per-image detections, moved to ``device`` when given."""
+
+    def boxes_and_scores(self, outputs: Any) -> tuple[Tensor, Tensor]:
+        """Model output -> boxes ``[B, N, 4]`` (x1, y1, x2, y2 input pixels) and class scores ``[B, N, C]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose boxes_and_scores (needed for export)")
+
+    def selection(self) -> SelectionSettings:
+        """The thresholds, NMS and caps this callback applies to :meth:`boxes_and_scores`."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its selection settings (needed for export)")
+
+    def select(self, outputs: Any, device: str | torch.device | None = None) -> list[Tensor]:
+        """:func:`select_detections` over :meth:`boxes_and_scores` with :meth:`selection` (the families' forward)."""
+        boxes, scores = self.boxes_and_scores(outputs)
+        detections = select_detections(boxes, scores, **asdict(self.selection()))
+        return [d.to(device) for d in detections] if device is not None else detections
 
 
 def describe_outputs(outputs: Any) -> str:

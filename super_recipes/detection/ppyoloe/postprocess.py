@@ -23,9 +23,9 @@ from torch import Tensor
 from super_recipes.detection.postprocessing import (
     DetectionPostPredictionCallback,
     NMS_Type,
+    SelectionSettings,
     check_post_processing_args,
     describe_outputs,
-    select_detections,
 )
 from super_recipes.registry import register_processing
 
@@ -76,11 +76,12 @@ class PPYoloEPostPredictionCallback(DetectionPostPredictionCallback):
 
     @torch.no_grad()
     def forward(self, outputs: Any, device: str | torch.device | None = None) -> list[Tensor]:
-        boxes, scores = decoded_boxes_and_scores(outputs, type(self).__name__)
-        detections = select_detections(
-            boxes, scores, score_threshold=self.score_threshold, nms_threshold=self.nms_threshold,
-            nms_type=self.nms_type, multi_label_per_box=self.multi_label_per_box,
-            class_agnostic_nms=self.class_agnostic_nms, nms_top_k=self.nms_top_k,
-            max_predictions=self.max_predictions)
-        return [d.to(device) for d in detections] if device is not None else detections
+        return self.select(outputs, device)
+
+    def boxes_and_scores(self, outputs: Any) -> tuple[Tensor, Tensor]:
+        return decoded_boxes_and_scores(outputs, type(self).__name__)
+
+    def selection(self) -> SelectionSettings:
+        return SelectionSettings(self.score_threshold, self.nms_threshold, self.nms_type, self.multi_label_per_box,
+                                 self.class_agnostic_nms, self.nms_top_k, self.max_predictions)
 

@@ -23,9 +23,9 @@ from torch import Tensor
 from super_recipes.detection.postprocessing import (
     DetectionPostPredictionCallback,
     NMS_Type,
+    SelectionSettings,
     check_post_processing_args,
     describe_outputs,
-    select_detections,
 )
 from super_recipes.detection.ssd.anchors import cxcywh_to_xyxy
 from super_recipes.errors import RecipeError
@@ -70,6 +70,16 @@ class SSDPostPredictCallback(DetectionPostPredictionCallback):
                 f"nms_top_k={self.nms_top_k}, class_agnostic_nms={self.class_agnostic_nms}")
 
     def forward(self, outputs: Any, device: str | torch.device | None = None) -> list[Tensor]:
+        detections = self.select(outputs)
+        if self.classes is not None:
+            wanted = torch.tensor(self.classes, dtype=torch.float32, device=detections[0].device
+                                  if detections else None)
+            detections = [rows[torch.isin(rows[:, 5], wanted)] for rows in detections]
+        if device is not None:
+            detections = [rows.to(device) for rows in detections]
+        return detections
+
+    def boxes_and_scores(self, outputs: Any) -> tuple[Tensor, Tensor]:
         # The training output is a 3-tuple of raw maps; only the eval pair (decoded, raw) or decoded will do.
         decoded = (outputs[0] if len(outputs) == 2 else None) if isinstance(outputs, tuple | list) else outputs
         if not isinstance(decoded, Tensor) or decoded.dim() != 3 or decoded.shape[-1] < 6:
@@ -77,16 +87,8 @@ class SSDPostPredictCallback(DetectionPostPredictionCallback):
                 "SSDPostPredictCallback expects the eval-mode SSD output, (decoded, raw) or decoded [B, A, 5 + C]; "
                 f"got {describe_outputs(outputs)}. Is the model in train mode?"
             )
-        boxes = cxcywh_to_xyxy(decoded[..., :4].float())
-        detections = select_detections(
-            boxes, decoded[..., 5:].float(), score_threshold=self.conf, nms_threshold=self.iou,
-            nms_type=self.nms_type, multi_label_per_box=self.multi_label_per_box,
-            class_agnostic_nms=self.class_agnostic_nms, nms_top_k=self.nms_top_k,
-            max_predictions=self.max_predictions)
-        if self.classes is not None:
-            wanted = torch.tensor(self.classes, dtype=torch.float32, device=decoded.device)
-            detections = [rows[torch.isin(rows[:, 5], wanted)] for rows in detections]
-        if device is not None:
-            detections = [rows.to(device) for rows in detections]
-        return detections
+        return cxcywh_to_xyxy(decoded[..., :4].float()), decoded[..., 5:].float()
 
+    def selection(self) -> SelectionSettings:
+        return SelectionSettings(self.conf, self.iou, self.nms_type, self.multi_label_per_box, self.class_agnostic_nms,
+                                 self.nms_top_k, self.max_predictions)

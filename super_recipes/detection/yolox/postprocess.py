@@ -15,9 +15,9 @@ from torch import Tensor
 from super_recipes.detection.postprocessing import (
     DetectionPostPredictionCallback,
     NMS_Type,
+    SelectionSettings,
     check_post_processing_args,
     describe_outputs,
-    select_detections,
 )
 from super_recipes.registry import register_processing
 
@@ -60,6 +60,9 @@ class YoloXPostPredictionCallback(DetectionPostPredictionCallback):
 
     @torch.no_grad()
     def forward(self, outputs: Any, device: str | torch.device | None = None) -> list[Tensor]:
+        return self.select(outputs, device)
+
+    def boxes_and_scores(self, outputs: Any) -> tuple[Tensor, Tensor]:
         decoded = outputs[0] if isinstance(outputs, tuple | list) else outputs
         if not isinstance(decoded, Tensor) or decoded.dim() != 3 or decoded.shape[-1] < 6:
             raise ValueError(
@@ -67,12 +70,11 @@ class YoloXPostPredictionCallback(DetectionPostPredictionCallback):
                 f"[B, N, C + 5]; got {describe_outputs(outputs)}. Is the model in train mode?"
             )
         decoded = decoded.float()
-        scores = decoded[..., 4:5] * decoded[..., 5:]
-        detections = select_detections(
-            _cxcywh_to_xyxy(decoded[..., :4]), scores, score_threshold=self.conf, nms_threshold=self.iou,
-            nms_type=self.nms_type, multi_label_per_box=self.multi_label_per_box,
-            class_agnostic_nms=self.classagnostic_nms, nms_top_k=self.nms_top_k, max_predictions=self.max_predictions)
-        return [d.to(device) for d in detections] if device is not None else detections
+        return _cxcywh_to_xyxy(decoded[..., :4]), decoded[..., 4:5] * decoded[..., 5:]  # YOLOX: objectness x class
+
+    def selection(self) -> SelectionSettings:
+        return SelectionSettings(self.conf, self.iou, self.nms_type, self.multi_label_per_box, self.classagnostic_nms,
+                                 self.nms_top_k, self.max_predictions)
 
 
 def _cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
