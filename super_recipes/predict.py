@@ -6,7 +6,9 @@ detection model prints one line per image (file, number of detections, most freq
 annotated images to ``--output``; a segmentation model (an architecture of super_recipes.segmentation, a model
 class with SegmentationPredictMixin, or Seg* validation transforms) prints the classes present with their share
 of the pixels and writes the mask overlays there as PNG (``--masks``: the class-index masks too). ``--conf`` and
-``--iou`` apply to detection only, ``--alpha`` and ``--masks`` to segmentation.
+``--iou`` apply to detection only, ``--alpha`` and ``--masks`` to segmentation. ``--checkpoint model.onnx``
+runs a file written by ``python -m super_recipes.export`` with ONNX Runtime instead (``--no-ema`` then does
+nothing: the file holds the weights it was exported with; thresholds inside its graph, if any, were fixed there).
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 from super_recipes.errors import RecipeError
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m super_recipes.predict", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of a run (ckpt_best.pth, ckpt_latest.pth)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint of a run (ckpt_best.pth, ckpt_latest.pth) or an exported .onnx file")
     parser.add_argument("--source", required=True, nargs="+", help="image file(s) or folder(s) of images")
     parser.add_argument("--output", default="predictions", help="folder for the annotated images")
     parser.add_argument("--conf", type=float, default=0.25, help="minimum confidence (default 0.25)")
@@ -47,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (1 with a one-line message on a user error)."""
     args = _parser().parse_args(argv)
     try:
-        checkpoint = _segmentation_checkpoint(args.checkpoint)
+        checkpoint = _exported_segmentation(args.checkpoint) if _is_exported(args.checkpoint) \
+            else _segmentation_checkpoint(args.checkpoint)
     except (RecipeError, FileNotFoundError, ValueError, TypeError) as err:
         print(f"Error: {err}", file=sys.stderr)
         return 1
@@ -76,6 +81,25 @@ def _predict(model: object, source: object, args: argparse.Namespace) -> object:
     from super_recipes.detection.predict import predict
 
     return predict(model, source, conf=args.conf, iou=args.iou, batch_size=args.batch_size)  # type: ignore
+
+
+def _is_exported(path: str) -> bool:
+    return str(path).lower().endswith(".onnx")
+
+
+def _exported_segmentation(path: str) -> str | None:
+    """The path when an exported file segments; None when it detects; a RecipeError for a classifier."""
+    from super_recipes.export.onnx_export import read_metadata
+    from super_recipes.export.requirements import require_onnx
+
+    require_onnx("Predicting with an exported model")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Exported model not found: {path}")
+    task = read_metadata(path)["task"]
+    if task == "classification":
+        raise RecipeError(f"{path} is a classifier; the predict command draws detections and masks. Run it with "
+                          "super_recipes.export.runtime.OnnxModel (logits) instead.")
+    return path if task == "segmentation" else None
 
 
 def _segmentation_checkpoint(path: str) -> dict | None:
@@ -124,7 +148,7 @@ def describe_segmentation(prediction: object, top: int = 5) -> str:
     return f"{label}: {shown}{more}"
 
 
-def _main_segmentation(args: argparse.Namespace, checkpoint: dict) -> int:
+def _main_segmentation(args: argparse.Namespace, checkpoint: dict | str) -> int:
     from super_recipes.segmentation.predict import ImagesSegmentationPrediction, load_model_for_prediction, predict
 
     try:

@@ -184,7 +184,12 @@ def load_model_for_prediction(checkpoint_path: str | Path, device: str | torch.d
                               use_ema: bool = True) -> torch.nn.Module:
     """Rebuild the model a super_recipes checkpoint was trained as (its recipe's ``architecture`` and
     ``arch_params``), load its weights (the EMA weights when the checkpoint has them and ``use_ema``), set its
-    preprocessing and class names from the recipe's validation dataset, and return it in eval mode."""
+    preprocessing and class names from the recipe's validation dataset, and return it in eval mode. An exported
+    ``.onnx`` file (``python -m super_recipes.export``) gives its ONNX Runtime wrapper, with the same ``predict``."""
+    if isinstance(checkpoint_path, str | Path) and str(checkpoint_path).lower().endswith(".onnx"):
+        from super_recipes.export.runtime import load_onnx_for_prediction
+
+        return load_onnx_for_prediction(checkpoint_path, device=device)  # an exported file: ONNX Runtime runs it
     model, recipe = model_from_checkpoint(checkpoint_path, use_ema)
     set_processing_params(model, processing_params_from_recipe(recipe))
     return model.to(device).eval()

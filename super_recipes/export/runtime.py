@@ -64,11 +64,14 @@ class OnnxModel(nn.Module):
                     raise RecipeError(f"{self.path} letterboxes {pre['image_hw']} images inside its graph; predict "
                                       "letterboxes each image itself: export with image_size equal to input_size.")
                 params["standardize"] = None  # the graph divides; predict hands it 0..255 pixels
-        elif self.task == "segmentation" and pre:
+        elif self.task == "segmentation":
+            # The graph's input size is fixed: predict resizes each image to it (the graph may resize further)
+            # and the masks back to the image, whatever rescale the recipe's validation used.
             for mode in ("scale_factor", "short_size", "long_size", "size"):
                 params[mode] = None
-            params["size"] = list(pre["image_hw"])  # predict resizes to the graph's input; the graph does the rest
-            params["mean"], params["std"] = None, None
+            params["size"] = list(pre["image_hw"] if pre else self.meta["input_shape"][-2:])
+            if pre:
+                params["mean"], params["std"] = None, None  # the graph normalises
         return params
 
     def forward(self, images: Tensor) -> Any:
@@ -144,8 +147,17 @@ class OnnxSegmenter(SegmentationPredictMixin, OnnxModel):
     """An exported segmentation graph with ``predict`` (masks at the given images' size)."""
 
 
-def load_onnx_for_prediction(path: str | Path, providers: Sequence[str] | None = None) -> OnnxModel:
-    """``load_model_for_prediction`` for an exported ``.onnx`` file: the model-like wrapper of its task."""
+def load_onnx_for_prediction(path: str | Path, device: str | torch.device = "cpu",
+                             providers: Sequence[str] | None = None) -> OnnxModel:
+    """``load_model_for_prediction("model.onnx")``: the model-like wrapper of the file's task (detection and
+    segmentation with ``predict``; classification returns logits). ``device`` picks ONNX Runtime's execution
+    provider (``cuda`` -> CUDA, then CPU) unless ``providers`` are given."""
+    require_onnx("Running an exported model")
+    if not Path(path).is_file():
+        raise RecipeError(f"Exported model not found: {path}")
     task = read_metadata(path)["task"]
+    if providers is None:
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.device(device).type == "cuda" \
+            else ["CPUExecutionProvider"]
     cls = {"detection": OnnxDetector, "segmentation": OnnxSegmenter}.get(task, OnnxModel)
     return cls(path, providers)

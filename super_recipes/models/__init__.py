@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from pathlib import Path
+from types import MethodType
 from typing import Any
 
 from torch import nn
@@ -67,7 +68,18 @@ def get(
         load_initial_weights(model, {"checkpoint_path": checkpoint_path, "pretrained_weights": pretrained_weights,
                                      "strict_load": strict_load, "load_backbone": load_backbone,
                                      "load_ema_as_net": load_ema_as_net}, architecture=name)
+    if not hasattr(model, "export"):
+        model.export = MethodType(export, model)  # every model, torchvision's and timm's too
     return model
+
+
+def export(model: nn.Module, output: str | Path, **options: Any) -> Any:
+    """``model.export("model.onnx", batch_size=1, input_size=..., opset=17, precision="fp32", preprocessing=False,
+    postprocessing=False, output_layout="batched", ...)``: ONNX export with the optional extra
+    ``super-recipes[export]`` (see :func:`super_recipes.export.onnx_export.export_model` for every option)."""
+    from super_recipes.export import export_model
+
+    return export_model(model, output, **options)
 
 
 def _lookup(name: str) -> Any:

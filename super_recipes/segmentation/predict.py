@@ -242,7 +242,13 @@ def load_model_for_prediction(checkpoint: str | Path | Mapping[str, Any], device
     (:func:`processing_params_from_recipe`) and return it in eval mode on ``device``.
 
     ``checkpoint``: the file, or its already loaded dict (``super_recipes.engine.checkpoints.load_checkpoint``).
+    An exported ``.onnx`` file gives its ONNX Runtime wrapper (:mod:`super_recipes.export.runtime`), with the same
+    ``predict``.
     """
+    if isinstance(checkpoint, str | Path) and str(checkpoint).lower().endswith(".onnx"):
+        from super_recipes.export.runtime import load_onnx_for_prediction
+
+        return load_onnx_for_prediction(checkpoint, device=device)  # an exported file: ONNX Runtime runs it
     model, recipe = model_from_checkpoint(checkpoint, use_ema)
     set_processing_params(model, processing_params_from_recipe(recipe))
     return model.to(device).eval()
