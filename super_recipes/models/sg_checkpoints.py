@@ -30,8 +30,9 @@ SG's module names differ from ours; each family we share has a translation learn
 * ``repvgg_*``: our RepVGG already uses SG's module names (``stem``, ``stage1-4``, ``branch_3x3``, ``linear``).
 
 Task packages add their own families: a model class with a method ``super_gradients_key(sg_name)`` returning our
-name (or None) is translated by it. Anything else gets no renaming: the names must then already match (the report
-says which family was used).
+name (or None) is translated by it, and one with ``super_gradients_convert(weights)`` also rewrites the values a
+renaming cannot carry over (DDRNet's stem biases, PP-LiteSeg's attention). Anything else gets no renaming: the
+names must then already match (the report says which family was used).
 ``pretrained_weights: coco`` for ``yolox_*`` is registered here with SG's published URLs.
 """
 
@@ -170,6 +171,16 @@ def translate_sg_state_dict(model: nn.Module, weights: Mapping[str, torch.Tensor
         elif ours != sg_name:
             report.renamed[sg_name] = ours
         out[ours] = tensor
+    # Values a renaming cannot carry over (a bias folded into a BatchNorm, an attention written the other way
+    # round): the family's ``super_gradients_convert(weights)`` rewrites them in ``out`` (our names) and returns
+    # {the key SG's tensor had in ``out``: our key it now fills}.
+    convert = getattr(model, "super_gradients_convert", None)
+    if callable(convert):
+        sg_name_of = {ours: sg for sg, ours in report.renamed.items()}
+        for read, written in convert(out).items():
+            sg_name = sg_name_of.get(read, read)
+            report.renamed.pop(sg_name, None)
+            report.converted[sg_name] = written
     return out, report
 
 

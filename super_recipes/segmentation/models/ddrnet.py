@@ -40,6 +40,7 @@ from super_recipes.segmentation.models.common import (
     init_weights,
     resize_to,
 )
+from super_recipes.segmentation.models.sg_names import SG_ONLY, ddrnet_key, ddrnet_values
 
 __all__ = ["DAPPM", "DDRNet", "DDRNetBackbone", "DDRNetHead"]
 
@@ -185,6 +186,8 @@ class DDRNet(SegmentationModel):
     """
 
     aux_names = ("aux",)
+    # SuperGradients modules ours has no place for (sg_names.SG_ONLY): a load leaves them out and reports them.
+    checkpoint_prefixes_without_place = (SG_ONLY,)
 
     def __init__(self, num_classes: int = 19, use_aux_heads: bool = False, in_channels: int = 3, planes: int = 64,
                  head_planes: int = 128, spp_planes: int = 128, eval_scale: float = 1.0):
@@ -206,6 +209,17 @@ class DDRNet(SegmentationModel):
         low, high, high3 = self.backbone(x)
         main = self.heads["main"](high + resize_to(self.spp(low), high.shape[-2:]))
         return main, [self.heads["aux"](high3)] if with_aux else []
+
+    def super_gradients_key(self, sg_name: str) -> str | None:
+        """Our state-dict key for a SuperGradients DDRNet-23 / -23-slim key (the checkpoint loader's hook; rules
+        and SG sources in :mod:`super_recipes.segmentation.models.sg_names`); None where we have no place for SG's
+        tensor (DDRNet-39's second stage-3 repeat)."""
+        return ddrnet_key(sg_name, self.use_aux_heads)
+
+    def super_gradients_convert(self, weights: dict[str, Tensor]) -> dict[str, str]:
+        """SG's stem conv biases folded into the stem BatchNorms (the loader's value hook, after the renaming;
+        in place in ``weights``); returns {key read: our key written}."""
+        return ddrnet_values(weights)
 
 
 def _build(name: str, num_classes: int, use_aux_heads: bool, in_channels: int, planes: int, head_planes: int,

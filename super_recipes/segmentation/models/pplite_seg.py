@@ -41,6 +41,7 @@ from super_recipes.segmentation.models.common import (
     resize_to,
     scaled,
 )
+from super_recipes.segmentation.models.sg_names import SG_ONLY, pp_lite_seg_key, pp_lite_seg_values
 from super_recipes.segmentation.models.stdc import STDC_DEPTHS, STDCBackbone
 
 __all__ = ["PP_LITE_SIZES", "PPLiteSeg", "SPPM", "UAFM"]
@@ -99,6 +100,8 @@ class PPLiteSeg(SegmentationModel):
     """
 
     aux_names = ("aux16", "aux32")
+    # SuperGradients modules ours has no place for (sg_names.SG_ONLY): a load leaves them out and reports them.
+    checkpoint_prefixes_without_place = (SG_ONLY,)
 
     def __init__(self, backbone: str, decoder_channels: Sequence[int], head_channels: Sequence[int],
                  num_classes: int = 19, use_aux_heads: bool = False, in_channels: int = 3, base_channels: int = 64,
@@ -133,6 +136,17 @@ class PPLiteSeg(SegmentationModel):
         if not with_aux:
             return main, []
         return main, [self.heads[name](feat) for name, feat in zip(self.aux_names, decoded[1:], strict=True)]
+
+    def super_gradients_key(self, sg_name: str) -> str | None:
+        """Our state-dict key for a SuperGradients PP-LiteSeg key (the checkpoint loader's hook; rules and SG
+        sources in :mod:`super_recipes.segmentation.models.sg_names`); None where we have no place for SG's
+        tensor. SG's ``aux_heads`` read other features than ours: they are left out."""
+        return pp_lite_seg_key(sg_name, len(self.decoder))
+
+    def super_gradients_convert(self, weights: dict[str, Tensor]) -> dict[str, str]:
+        """SG's UAFM attention (which weighs the other input) rewritten as ours (the loader's value hook, after the
+        renaming; in place in ``weights``); returns {key read: our key written}."""
+        return pp_lite_seg_values(weights, len(self.decoder))
 
 
 def _build(size: str, eval_scale: float, num_classes: int, use_aux_heads: bool, in_channels: int,

@@ -41,6 +41,7 @@ from super_recipes.segmentation.models.common import (
     resize_to,
     scaled,
 )
+from super_recipes.segmentation.models.sg_names import SG_ONLY, stdc_key
 
 __all__ = ["STDC_DEPTHS", "STDCBackbone", "STDCBlock", "STDCSeg"]
 
@@ -160,6 +161,8 @@ class STDCSeg(SegmentationModel):
     """
 
     aux_names = ("aux8", "aux16", "detail")
+    # SuperGradients modules ours has no place for (sg_names.SG_ONLY): a load leaves them out and reports them.
+    checkpoint_prefixes_without_place = (SG_ONLY,)
 
     def __init__(self, depths: Sequence[int], num_classes: int = 19, use_aux_heads: bool = False,
                  in_channels: int = 3, base_channels: int = 64, eval_scale: float = 0.5):
@@ -190,6 +193,12 @@ class STDCSeg(SegmentationModel):
         if not with_aux:
             return main, []
         return main, [self.heads["aux8"](context8), self.heads["aux16"](context16), self.heads["detail"](x8)]
+
+    def super_gradients_key(self, sg_name: str) -> str | None:
+        """Our state-dict key for a SuperGradients STDC-Seg key (the checkpoint loader's hook; rules and SG sources
+        in :mod:`super_recipes.segmentation.models.sg_names`); None where we have no place for SG's tensor. SG's
+        ``aux_head_s16``/``aux_head_s32`` read other features than our aux heads: they are left out."""
+        return stdc_key(sg_name, self.use_aux_heads)
 
 
 def _build(variant: str, eval_scale: float, num_classes: int, use_aux_heads: bool, in_channels: int,
