@@ -5,7 +5,8 @@ validation preprocessing and class names) and runs it on an image, a folder of i
 detection model prints one line per image (file, number of detections, most frequent classes) and writes the
 annotated images to ``--output``; a segmentation model (an architecture of super_recipes.segmentation, a model
 class with SegmentationPredictMixin, or Seg* validation transforms) prints the classes present with their share
-of the pixels and writes the mask overlays there as PNG (``--masks``: the class-index masks too). ``--conf`` and
+of the pixels and writes the mask overlays there as PNG (``--masks``: the class-index masks too); a classifier
+prints its three most probable classes per image and writes the images labelled with the best one. ``--conf`` and
 ``--iou`` apply to detection only, ``--alpha`` and ``--masks`` to segmentation. ``--checkpoint model.onnx``
 runs a file written by ``python -m super_recipes.export`` with ONNX Runtime instead (``--no-ema`` then does
 nothing: the file holds the weights it was exported with; thresholds inside its graph, if any, were fixed there).
@@ -51,13 +52,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (1 with a one-line message on a user error)."""
     args = _parser().parse_args(argv)
     try:
-        checkpoint = _exported_segmentation(args.checkpoint) if _is_exported(args.checkpoint) \
-            else _segmentation_checkpoint(args.checkpoint)
+        task, checkpoint = _exported_task(args.checkpoint) if _is_exported(args.checkpoint) \
+            else _checkpoint_task(args.checkpoint)
     except (RecipeError, FileNotFoundError, ValueError, TypeError) as err:
         print(f"Error: {err}", file=sys.stderr)
         return 1
-    if checkpoint is not None:
+    if task == "segmentation":
         return _main_segmentation(args, checkpoint)
+    if task == "classification":
+        return _main_classification(args, checkpoint)
     from super_recipes.detection.predict import ImagesDetectionPrediction, load_model_for_prediction
 
     try:
@@ -87,23 +90,20 @@ def _is_exported(path: str) -> bool:
     return str(path).lower().endswith(".onnx")
 
 
-def _exported_segmentation(path: str) -> str | None:
-    """The path when an exported file segments; None when it detects; a RecipeError for a classifier."""
+def _exported_task(path: str) -> tuple[str, str]:
+    """The task of an exported file (its metadata) and the path."""
     from super_recipes.export.onnx_export import read_metadata
     from super_recipes.export.requirements import require_onnx
 
     require_onnx("Predicting with an exported model")
     if not Path(path).is_file():
         raise FileNotFoundError(f"Exported model not found: {path}")
-    task = read_metadata(path)["task"]
-    if task == "classification":
-        raise RecipeError(f"{path} is a classifier; the predict command draws detections and masks. Run it with "
-                          "super_recipes.export.runtime.OnnxModel (logits) instead.")
-    return path if task == "segmentation" else None
+    return read_metadata(path)["task"], path
 
 
-def _segmentation_checkpoint(path: str) -> dict | None:
-    """The loaded checkpoint when its recipe trains a segmentation model, else None (detection reads it)."""
+def _checkpoint_task(path: str) -> tuple[str, dict | None]:
+    """``segmentation`` or ``classification`` with the loaded checkpoint when its recipe trains one, else
+    ``detection`` (whose loader reads the file again and reports what is wrong with it)."""
     import torch
 
     from super_recipes.engine.checkpoints import load_checkpoint
@@ -117,8 +117,30 @@ def _segmentation_checkpoint(path: str) -> dict | None:
     if not isinstance(state, dict):
         state = load_checkpoint(path)
     if not state.get("recipe"):
-        return None  # the detection path reports the missing recipe as it always has
-    return state if is_segmentation_recipe(checkpoint_recipe(state, path)) else None
+        return "detection", None  # the detection path reports the missing recipe as it always has
+    recipe = checkpoint_recipe(state, path)
+    if is_segmentation_recipe(recipe):
+        return "segmentation", state
+    return ("classification", state) if is_classification_recipe(recipe) else ("detection", None)
+
+
+def is_classification_recipe(recipe: dict) -> bool:
+    """Whether a recipe trains a classifier: a registered architecture from neither task package nor with a
+    task's predict mixin or post-prediction callback, validated without detection or segmentation transforms."""
+    from super_recipes.detection.predict import DetectionPredictMixin
+    from super_recipes.registry import MODELS
+    from super_recipes.segmentation.predict import SegmentationPredictMixin, validation_transforms
+
+    try:
+        factory = MODELS.get(str(recipe.get("architecture")))
+    except RecipeError:
+        return False  # an architecture of the recipe's own imports: the detection path, as before
+    if str(getattr(factory, "__module__", "")).startswith(("super_recipes.detection", "super_recipes.segmentation")):
+        return False
+    if isinstance(factory, type) and (issubclass(factory, DetectionPredictMixin | SegmentationPredictMixin)
+                                      or hasattr(factory, "get_post_prediction_callback")):
+        return False
+    return not any(name.startswith(("Detection", "Seg")) for name, _ in validation_transforms(recipe))
 
 
 def is_segmentation_recipe(recipe: dict) -> bool:
@@ -146,6 +168,33 @@ def describe_segmentation(prediction: object, top: int = 5) -> str:
     more = f" (+{len(fractions) - top} more)" if len(fractions) > top else ""
     label = prediction.source or prediction.name  # type: ignore[attr-defined]
     return f"{label}: {shown}{more}"
+
+
+def describe_classification(prediction: object, top: int = 3) -> str:
+    """``file: cat 87.3% (dog 9.1%, bird 2.0%)`` for one :class:`ClassificationPrediction`."""
+    (best, share), *others = prediction.top(top)  # type: ignore[attr-defined]
+    rest = ", ".join(f"{name} {100 * p:.1f}%" for name, p in others)
+    label = prediction.source or prediction.name  # type: ignore[attr-defined]
+    return f"{label}: {best} {100 * share:.1f}%" + (f" ({rest})" if rest else "")
+
+
+def _main_classification(args: argparse.Namespace, checkpoint: dict | str) -> int:
+    from super_recipes.models.predict import ImagesClassificationPrediction, load_model_for_prediction, predict
+
+    try:
+        model = load_model_for_prediction(checkpoint, device=args.device, use_ema=not args.no_ema)
+        source = args.source[0] if len(args.source) == 1 else list(args.source)
+        result = predict(model, source, batch_size=args.batch_size)
+    except (RecipeError, FileNotFoundError, ValueError, TypeError) as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 1
+    predictions = result if isinstance(result, ImagesClassificationPrediction) \
+        else ImagesClassificationPrediction([result])
+    for prediction in predictions:
+        print(describe_classification(prediction))
+    paths = predictions.save(args.output)
+    print(f"{len(paths)} labelled image(s) written to {args.output}")
+    return 0
 
 
 def _main_segmentation(args: argparse.Namespace, checkpoint: dict | str) -> int:

@@ -30,7 +30,7 @@ from super_recipes.detection.predict import DetectionPredictMixin  # noqa: E402
 from super_recipes.detection.predict import load_model_for_prediction as load_detector  # noqa: E402
 from super_recipes.detection.yolox.postprocess import YoloXPostPredictionCallback  # noqa: E402
 from super_recipes.errors import RecipeError  # noqa: E402
-from super_recipes.export.runtime import OnnxDetector, OnnxModel, OnnxSegmenter  # noqa: E402
+from super_recipes.export.runtime import OnnxClassifier, OnnxDetector, OnnxSegmenter  # noqa: E402
 from super_recipes.segmentation.predict import load_model_for_prediction as load_segmenter  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -192,8 +192,8 @@ def test_model_export_method_and_classifier_logits(tmp_path):
     model = models.get("resnet18", num_classes=5).eval()
     result = model.export(tmp_path / "r18.onnx", batch_size=None, input_size=(64, 64))
     assert result.input_shape == ["batch", 3, 64, 64] and result.output_names == ["logits"]
-    wrapper = load_detector(tmp_path / "r18.onnx")  # a classifier: the plain wrapper, logits out
-    assert type(wrapper) is OnnxModel
+    wrapper = load_detector(tmp_path / "r18.onnx")  # the file's own task decides: a classifier, logits when called
+    assert isinstance(wrapper, OnnxClassifier) and hasattr(wrapper, "predict")
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(images)

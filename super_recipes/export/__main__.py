@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def model_for_export(checkpoint: str, use_ema: bool = True) -> Any:
     """The checkpoint's model with the preprocessing and class names of its recipe's validation data."""
-    from super_recipes.export.processing import classification_processing_from_recipe, model_task
+    from super_recipes.export.processing import model_task
     from super_recipes.models.from_checkpoint import model_from_checkpoint, set_processing_params
 
     model, recipe = model_from_checkpoint(checkpoint, use_ema)
@@ -48,7 +48,7 @@ def model_for_export(checkpoint: str, use_ema: bool = True) -> Any:
     elif task == "segmentation":
         from super_recipes.segmentation.predict import processing_params_from_recipe
     else:
-        processing_params_from_recipe = classification_processing_from_recipe
+        from super_recipes.models.predict import processing_params_from_recipe
     set_processing_params(model, processing_params_from_recipe(recipe))
     return model
 

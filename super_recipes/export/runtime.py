@@ -30,6 +30,7 @@ from super_recipes.detection.predict import DetectionPredictMixin
 from super_recipes.errors import RecipeError
 from super_recipes.export.onnx_export import read_metadata
 from super_recipes.export.requirements import require_onnx
+from super_recipes.models.predict import ClassificationPredictMixin
 from super_recipes.segmentation.predict import SegmentationPredictMixin
 
 
@@ -72,13 +73,21 @@ class OnnxModel(nn.Module):
             params["size"] = list(pre["image_hw"] if pre else self.meta["input_shape"][-2:])
             if pre:
                 params["mean"], params["std"] = None, None  # the graph normalises
+        else:  # classification: the graph's fixed input, reached by the recipe's resize and crop when they do
+            graph_hw = [int(v) for v in (pre["image_hw"] if pre else self.meta["input_shape"][-2:])]
+            crop = params.get("crop")
+            crop_hw = [int(crop)] * 2 if isinstance(crop, int) else [int(v) for v in crop or ()]
+            if pre or crop_hw != graph_hw:
+                params["resize"], params["crop"] = graph_hw, None
+            if pre:
+                params["mean"], params["std"] = None, None  # the graph normalises
         return params
 
     def forward(self, images: Tensor) -> Any:
         batch = images.detach().cpu()
         if self.preprocessing:
-            # predict() hands 0..255 (detection) or [0, 1] (segmentation) floats; the graph takes uint8.
-            scale = 255.0 if self.task == "segmentation" else 1.0
+            # predict() hands 0..255 (detection) or [0, 1] (the other tasks) floats; the graph takes uint8.
+            scale = 1.0 if self.task == "detection" else 255.0
             array = (batch * scale).round().clamp(0, 255).to(torch.uint8).numpy()
         else:
             dtype = np.float16 if self.meta.get("precision") == "fp16" else np.float32
@@ -139,6 +148,10 @@ class OnnxDetections(DetectionPostPredictionCallback):
         return self.settings
 
 
+class OnnxClassifier(ClassificationPredictMixin, OnnxModel):
+    """An exported classifier with ``predict`` (class probabilities per image)."""
+
+
 class OnnxDetector(DetectionPredictMixin, OnnxModel):
     """An exported detection graph with ``predict`` (boxes in the given images' pixels)."""
 
@@ -150,7 +163,7 @@ class OnnxSegmenter(SegmentationPredictMixin, OnnxModel):
 def load_onnx_for_prediction(path: str | Path, device: str | torch.device = "cpu",
                              providers: Sequence[str] | None = None) -> OnnxModel:
     """``load_model_for_prediction("model.onnx")``: the model-like wrapper of the file's task (detection and
-    segmentation with ``predict``; classification returns logits). ``device`` picks ONNX Runtime's execution
+    segmentation and classification, each with the ``predict`` of its task). ``device`` picks ONNX Runtime's execution
     provider (``cuda`` -> CUDA, then CPU) unless ``providers`` are given."""
     require_onnx("Running an exported model")
     if not Path(path).is_file():
@@ -159,5 +172,5 @@ def load_onnx_for_prediction(path: str | Path, device: str | torch.device = "cpu
     if providers is None:
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.device(device).type == "cuda" \
             else ["CPUExecutionProvider"]
-    cls = {"detection": OnnxDetector, "segmentation": OnnxSegmenter}.get(task, OnnxModel)
+    cls = {"detection": OnnxDetector, "segmentation": OnnxSegmenter}.get(task, OnnxClassifier)
     return cls(path, providers)
