@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from super_recipes.errors import RecipeError
 
-__all__ = ["DetectionPostPredictionCallback", "NMS_Type", "SelectionSettings", "describe_outputs", "matrix_nms",
-           "select_detections"]
+__all__ = ["DetectionPostPredictionCallback", "NMS_Type", "SelectionSettings", "describe_outputs", "grouped_nms",
+           "matrix_nms", "select_detections"]
 
 MATRIX_NMS_KERNELS = ("gaussian", "linear")
 
@@ -154,6 +154,28 @@ def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor | None, kernel: str
     return scores * decay.min(dim=0).values.clamp(max=1.0)
 
 
+def grouped_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, images: Tensor | None = None,
+                labels: Tensor | None = None) -> Tensor:
+    """Indices kept by NMS within each image and class (``images`` / ``labels``: a group index per box, None for
+    one group), best first, in one call; the export graph runs the same over a whole batch.
+
+    Not ``torchvision.ops.batched_nms``: its offsets (``group * (max + 1)`` on every coordinate) assume boxes at
+    coordinates >= 0, and raw boxes stick out of the image, so a box with negative corners landed on the previous
+    group's boxes and was suppressed by them. Here boxes first move to start at 0, then images spread along y and
+    classes along x: groups never overlap, and offsets stay within ``max(B, C)`` spans, where one offset per
+    (image, class) would reach ``B * C`` spans and cost float32 its sub-pixel digits.
+    """
+    if not torch.jit.is_tracing() and boxes.numel() == 0:  # eager only: a traced graph must keep the ops
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    origin = boxes.min()
+    span = boxes.max() - origin + 1.0
+    zero = torch.zeros(boxes.shape[0], dtype=boxes.dtype, device=boxes.device)
+    shift_y = images.to(boxes.dtype) * span if images is not None else zero
+    shift_x = labels.to(boxes.dtype) * span if labels is not None else zero
+    shifted = boxes - origin + torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+    return torchvision.ops.nms(shifted, scores, iou_threshold)
+
+
 def select_detections(boxes: Tensor, scores: Tensor, *, score_threshold: float, nms_threshold: float,
                       nms_type: NMS_Type | str = NMS_Type.ITERATIVE, multi_label_per_box: bool = True,
                       class_agnostic_nms: bool = False, nms_top_k: int = 1000, max_predictions: int = 300,
@@ -181,7 +203,7 @@ def select_detections(boxes: Tensor, scores: Tensor, *, score_threshold: float, 
         elif class_agnostic_nms:
             keep = torchvision.ops.nms(kept_boxes, kept_scores, nms_threshold)
         else:
-            keep = torchvision.ops.batched_nms(kept_boxes, kept_scores, kept_labels, nms_threshold)
+            keep = grouped_nms(kept_boxes, kept_scores, nms_threshold, labels=kept_labels)
         keep = keep[:max_predictions]
         results.append(torch.cat((kept_boxes[keep], kept_scores[keep, None], kept_labels[keep, None].float()), dim=1))
     return results

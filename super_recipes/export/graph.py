@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
-from super_recipes.detection.postprocessing import NMS_Type, SelectionSettings
+from super_recipes.detection.postprocessing import NMS_Type, SelectionSettings, grouped_nms
 from super_recipes.errors import RecipeError
 
 OUTPUT_LAYOUTS = ("batched", "flat")
@@ -117,8 +116,8 @@ class BatchedSelection(nn.Module):
         flat_boxes, flat_scores = flat_boxes[passing], flat_scores[passing]
         flat_labels, flat_images = flat_labels[passing], flat_images[passing]
         # One NMS over the whole batch: a group per (image, class), or per image when class-agnostic.
-        groups = flat_images if s.class_agnostic_nms else flat_images * classes + flat_labels
-        keep = torchvision.ops.batched_nms(flat_boxes, flat_scores, groups, s.nms_threshold)  # best first
+        keep = grouped_nms(flat_boxes, flat_scores, s.nms_threshold, flat_images,
+                           None if s.class_agnostic_nms else flat_labels)  # best first
         kept_boxes, kept_scores = flat_boxes[keep], flat_scores[keep]
         kept_labels, kept_images = flat_labels[keep], flat_images[keep]
         # Rank of each detection within its image (they arrive best first), to cap and to place them.
