@@ -230,6 +230,23 @@ def test_repvgg_export_fuses_a_copy(tmp_path):
         assert torch.equal(model(batch), expected)
 
 
+def test_vision_transformer_exports_with_its_attention(tmp_path):
+    """torchvision's ViT in eval mode runs nn.MultiheadAttention's fused fast path, an operator ONNX lacks:
+    export traces the plain attention instead (and leaves the fast path on for PyTorch afterwards)."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                              num_classes=5).eval()
+    batch = model_batch(load_images(), (32, 32))
+    with torch.no_grad():
+        expected = model(batch)
+    result = export_model(model, tmp_path / "vit.onnx", batch_size=None, input_size=(32, 32))
+    (logits,) = run_onnx(result.path, batch.numpy())
+    assert relative_error(logits, expected) <= 1e-4
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
 @pytest.mark.parametrize("opset", [13, 18])
 def test_opset_is_honoured_and_metadata_readable(resnet18, tmp_path, opset):
     result = export_model(resnet18, tmp_path / f"opset{opset}.onnx", opset=opset, batch_size=2)

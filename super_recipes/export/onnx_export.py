@@ -97,6 +97,10 @@ def export_model(model: nn.Module, output: str | Path, *, batch_size: int | None
     dynamic = None if batch_size is not None else _dynamic_axes(output_names, task, postprocessing, output_layout)
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # nn.MultiheadAttention's inference fast path (torchvision's ViT) is one fused operator ONNX has no mapping
+    # for; off, the same attention is traced as the matrix products it is made of.
+    torch.backends.mha.set_fastpath_enabled(False)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Python-side shape arithmetic, which is intended
         try:
@@ -106,6 +110,8 @@ def export_model(model: nn.Module, output: str | Path, *, batch_size: int | None
         except Exception as err:
             raise RecipeError(f"ONNX export of {type(model).__name__} failed: {type(err).__name__}: "
                               f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from err
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
     result = ExportResult(
         str(path), task, "images", [batch_size if batch_size is not None else "batch", 3, *in_hw],
         str(dtype).replace("torch.", ""), output_names, int(opset), precision,
