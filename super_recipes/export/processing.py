@@ -4,7 +4,7 @@ validation used (``model.processing_params``, filled from the recipe when a mode
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -80,19 +80,3 @@ def _resized_short_side(image_hw: tuple[int, int], size: int | Sequence[int]) ->
 
 def _tuple(values: Any) -> tuple[float, ...] | None:
     return None if values is None else tuple(float(v) for v in values)
-
-
-def classification_processing_from_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
-    """``resize`` / ``crop`` / ``mean`` / ``std`` of a classification recipe's validation transforms (Resize,
-    CenterCrop, Normalize by name); ToFloatTensor alone means pixels in [0, 1] (mean 0, std 1)."""
-    from super_recipes.segmentation.predict import validation_transforms
-
-    params: dict[str, Any] = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
-    for name, kwargs in validation_transforms(recipe):
-        if name == "Resize":
-            params["resize"] = kwargs.get("size")
-        elif name == "CenterCrop":
-            params["crop"] = kwargs.get("size")
-        elif name == "Normalize":
-            params["mean"], params["std"] = tuple(kwargs["mean"]), tuple(kwargs["std"])
-    return params
