@@ -18,7 +18,6 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 from super_recipes.errors import RecipeError
 
@@ -52,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (1 with a one-line message on a user error)."""
     args = _parser().parse_args(argv)
     try:
-        task, checkpoint = _exported_task(args.checkpoint) if _is_exported(args.checkpoint) \
+        from super_recipes.export import is_exported_file
+
+        task, checkpoint = _exported_task(args.checkpoint) if is_exported_file(args.checkpoint) \
             else _checkpoint_task(args.checkpoint)
     except (RecipeError, FileNotFoundError, ValueError, TypeError) as err:
         print(f"Error: {err}", file=sys.stderr)
@@ -86,19 +87,10 @@ def _predict(model: object, source: object, args: argparse.Namespace) -> object:
     return predict(model, source, conf=args.conf, iou=args.iou, batch_size=args.batch_size)  # type: ignore
 
 
-def _is_exported(path: str) -> bool:
-    return str(path).lower().endswith(".onnx")
-
-
 def _exported_task(path: str) -> tuple[str, str]:
-    """The task of an exported file (its metadata) and the path."""
-    from super_recipes.export.onnx_export import read_metadata
-    from super_recipes.export.requirements import require_onnx
+    from super_recipes.export.runtime import exported_task
 
-    require_onnx("Predicting with an exported model")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"Exported model not found: {path}")
-    return read_metadata(path)["task"], path
+    return exported_task(path), path
 
 
 def _checkpoint_task(path: str) -> tuple[str, dict | None]:

@@ -186,7 +186,9 @@ def load_model_for_prediction(checkpoint_path: str | Path, device: str | torch.d
     ``arch_params``), load its weights (the EMA weights when the checkpoint has them and ``use_ema``), set its
     preprocessing and class names from the recipe's validation dataset, and return it in eval mode. An exported
     ``.onnx`` file (``python -m super_recipes.export``) gives its ONNX Runtime wrapper, with the same ``predict``."""
-    if isinstance(checkpoint_path, str | Path) and str(checkpoint_path).lower().endswith(".onnx"):
+    from super_recipes.export import is_exported_file
+
+    if is_exported_file(checkpoint_path):
         from super_recipes.export.runtime import load_onnx_for_prediction
 
         return load_onnx_for_prediction(checkpoint_path, device=device)  # an exported file: ONNX Runtime runs it

@@ -4,9 +4,15 @@ the command line ``python -m super_recipes.export``, and running the exported fi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-__all__ = ["export_model"]
+__all__ = ["export_model", "is_exported_file"]
+
+
+def is_exported_file(path: object) -> bool:
+    """Whether a ``checkpoint`` argument names an exported ``.onnx`` file (the prediction loaders' switch)."""
+    return isinstance(path, str | Path) and str(path).lower().endswith(".onnx")
 
 
 def export_model(*args: Any, **kwargs: Any) -> Any:

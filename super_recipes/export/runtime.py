@@ -160,15 +160,20 @@ class OnnxSegmenter(SegmentationPredictMixin, OnnxModel):
     """An exported segmentation graph with ``predict`` (masks at the given images' size)."""
 
 
+def exported_task(path: str | Path) -> str:
+    """The task an exported file was written for (its metadata); one-line errors without the extra or the file."""
+    require_onnx("Running an exported model")
+    if not Path(path).is_file():
+        raise RecipeError(f"Exported model not found: {path}")
+    return read_metadata(path)["task"]
+
+
 def load_onnx_for_prediction(path: str | Path, device: str | torch.device = "cpu",
                              providers: Sequence[str] | None = None) -> OnnxModel:
     """``load_model_for_prediction("model.onnx")``: the model-like wrapper of the file's task (detection and
     segmentation and classification, each with the ``predict`` of its task). ``device`` picks ONNX Runtime's execution
     provider (``cuda`` -> CUDA, then CPU) unless ``providers`` are given."""
-    require_onnx("Running an exported model")
-    if not Path(path).is_file():
-        raise RecipeError(f"Exported model not found: {path}")
-    task = read_metadata(path)["task"]
+    task = exported_task(path)
     if providers is None:
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.device(device).type == "cuda" \
             else ["CPUExecutionProvider"]

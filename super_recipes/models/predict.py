@@ -169,7 +169,9 @@ def load_model_for_prediction(checkpoint: str | Path | Mapping[str, Any], device
     ``arch_params``; EMA weights when present and ``use_ema``), with the preprocessing and class names of its
     recipe's validation dataset, in eval mode on ``device``; an exported ``.onnx`` file gives its ONNX Runtime
     wrapper (:mod:`super_recipes.export.runtime`) with the same ``predict``."""
-    if isinstance(checkpoint, str | Path) and str(checkpoint).lower().endswith(".onnx"):
+    from super_recipes.export import is_exported_file
+
+    if is_exported_file(checkpoint):
         from super_recipes.export.runtime import load_onnx_for_prediction
 
         return load_onnx_for_prediction(checkpoint, device=device)

@@ -245,7 +245,9 @@ def load_model_for_prediction(checkpoint: str | Path | Mapping[str, Any], device
     An exported ``.onnx`` file gives its ONNX Runtime wrapper (:mod:`super_recipes.export.runtime`), with the same
     ``predict``.
     """
-    if isinstance(checkpoint, str | Path) and str(checkpoint).lower().endswith(".onnx"):
+    from super_recipes.export import is_exported_file
+
+    if is_exported_file(checkpoint):
         from super_recipes.export.runtime import load_onnx_for_prediction
 
         return load_onnx_for_prediction(checkpoint, device=device)  # an exported file: ONNX Runtime runs it
